@@ -1,0 +1,140 @@
+"""Configuration of TinyTransformer, a compact encoder-decoder Transformer.
+
+This file is copied next to the weights by `save_pretrained`, so it imports only transformers.
+"""
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+NORM_POSITIONS = ("pre", "post")
+
+
+class TinyTransformerConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`TinyTransformerModel`] / [`TinyTransformerForConditionalGeneration`].
+
+    Every field is validated when the config is built (and so when `config.json` is loaded): a bad value raises
+    `ValueError` naming the field and its allowed range. The defaults give a model of about 0.6M parameters that
+    learns the built-in synthetic tasks in minutes on a CPU.
+
+    Args:
+        vocab_size (`int`, defaults to 128): number of token ids; ids must lie in `[0, vocab_size)`.
+        d_model (`int`, defaults to 128): width of every hidden state (the `d` of the design document).
+        encoder_layers (`int`, defaults to 2): number of encoder layers (self-attention + feed-forward).
+        decoder_layers (`int`, defaults to 2): number of decoder layers (causal self-attention + encoder-decoder
+            attention + feed-forward).
+        num_attention_heads (`int`, defaults to 4): heads of every attention; must divide `d_model`.
+        ffn_dim (`int`, defaults to 512): inner width of the position-wise feed-forward network.
+        max_position_embeddings (`int`, defaults to 256): longest sequence (source or target) the model accepts.
+        dropout (`float`, defaults to 0.1): dropout on embeddings and on each sub-layer's output, in [0, 1).
+        attention_dropout (`float`, defaults to 0.0): dropout on the attention weights α, in [0, 1).
+        activation_function (`str`, defaults to `"gelu"`): feed-forward activation, any key of
+            `transformers.activations.ACT2FN` (`"relu"`, `"gelu"`, `"silu"`, ...).
+        position_embedding_type (`str`, defaults to `"sinusoidal"`): `"sinusoidal"` (fixed, as in the original
+            Transformer) or `"learned"` (a trained table of `max_position_embeddings` rows).
+        norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
+            the last layer), `"post"` after each residual addition, as in the original paper.
+        tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
+            token embeddings and the output projection.
+        initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation, > 0.
+        use_cache (`bool`, defaults to `True`): return and reuse key/value states during generation.
+        pad_token_id, bos_token_id, eos_token_id, decoder_start_token_id (`int`): special token ids, each in
+            `[0, vocab_size)` (or `None`, except `pad_token_id`); defaults 0, 1, 2 and `bos_token_id`.
+
+    Example:
+
+    ```python
+    >>> from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+    >>> config = TinyTransformerConfig(vocab_size=120, d_model=64, num_attention_heads=4)
+    >>> model = TinyTransformerForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "tiny_transformer"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    # `num_hidden_layers` is what caches read; `get_text_config(decoder=True)` maps it to the decoder's count.
+    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "encoder_layers"}
+
+    vocab_size: int = 128
+    d_model: int = 128
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    num_attention_heads: int = 4
+    ffn_dim: int = 512
+    max_position_embeddings: int = 256
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_function: str = "gelu"
+    position_embedding_type: str = "sinusoidal"
+    norm_position: str = "pre"
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    decoder_start_token_id: int | None = None
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.bos_token_id
+        super().__post_init__(**kwargs)
+        self.validate_tiny_transformer()
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, `d_model // num_attention_heads` (the `d` in S = QKᵀ/√d)."""
+        return self.d_model // self.num_attention_heads
+
+    def validate_tiny_transformer(self) -> None:
+        """Raise `ValueError` naming the first field whose value is out of its allowed range."""
+        for name in (
+            "vocab_size",
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "num_attention_heads",
+            "ffn_dim",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.d_model % self.num_attention_heads != 0:
+            # The design document's multi-head split: each head gets d_model / heads dimensions.
+            raise ValueError(
+                f"`d_model` ({self.d_model}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
+        if isinstance(self.initializer_range, bool) or not isinstance(self.initializer_range, (int, float)):
+            raise ValueError(f"`initializer_range` must be a positive number, got {self.initializer_range!r}.")
+        if not self.initializer_range > 0:
+            raise ValueError(f"`initializer_range` must be a positive number, got {self.initializer_range!r}.")
+        if self.activation_function not in ACT2FN:
+            raise ValueError(
+                f"`activation_function` must be one of {sorted(ACT2FN)}, got {self.activation_function!r}."
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, "
+                f"got {self.position_embedding_type!r}."
+            )
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"`norm_position` must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is None and name != "pad_token_id":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}."
+                )
+
+
+__all__ = ["TinyTransformerConfig"]

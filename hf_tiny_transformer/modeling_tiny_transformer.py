@@ -1,0 +1,777 @@
+"""TinyTransformer: a compact encoder-decoder Transformer for transformers 5.x.
+
+The attention follows the project's design document (shared/seed/transformer-design.md):
+
+    Q = X W_q,  K = X W_k,  V = X W_v                         (§3.1 step 1, one fused projection)
+    S = Q Kᵀ / √d                                              (§3.1 step 2, d = head width)
+    α = softmax(S) row by row,  O = α V                        (§3.1 steps 2-3)
+    heads split before S and recombined after O                (multi-head attention)
+    K = H W_k, V = H W_v from encoder states H, Q = S W_q      (§3.2, encoder-decoder attention)
+    Y = S + O'                                                 (§3.2 step 4, residual around it)
+
+The encoder uses bidirectional self-attention with padding masks, the decoder causal self-attention followed by
+encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
+eager is the equations above written out and returns α for interpretability.
+
+This file is copied next to the weights by `save_pretrained`, so it imports only torch, transformers and its sibling
+configuration file.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from .configuration_tiny_transformer import TinyTransformerConfig
+
+logger = logging.get_logger(__name__)
+
+# transformers renamed the key/value cache from `past_key_values` to `cache` during 5.x (5.17 has the old name,
+# 5.24 the new one). Outputs use whichever field the installed version declares, and `forward` accepts both.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+# Everything `from_pretrained(..., trust_remote_code=True)` needs to find the classes in a saved checkpoint.
+AUTO_MAP = {
+    "AutoConfig": "configuration_tiny_transformer.TinyTransformerConfig",
+    "AutoModel": "modeling_tiny_transformer.TinyTransformerModel",
+    "AutoModelForSeq2SeqLM": "modeling_tiny_transformer.TinyTransformerForConditionalGeneration",
+}
+
+# Keyword arguments that generate() and the Trainer may pass and that TinyTransformer has no use for.
+IGNORED_FORWARD_KWARGS = {"decoder_position_ids", "position_ids", "token_type_ids", "is_first_iteration"}
+
+
+def is_tracing() -> bool:
+    """True under torch.compile / torch.export, where input checks that read tensor values must be skipped."""
+    return torch.compiler.is_compiling()
+
+
+def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, allow_ignore_index: bool = False) -> None:
+    """Raise `ValueError` unless `ids` is a [batch, length] integer tensor of ids in [0, vocab_size)."""
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor of token ids, got {type(ids).__name__}.")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"`{name}` must hold integer token ids, got dtype {ids.dtype}.")
+    if ids.dim() != 2:
+        raise ValueError(f"`{name}` must have shape [batch, length], got shape {tuple(ids.shape)}.")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"`{name}` must hold at least one token per row and one row, got shape {tuple(ids.shape)}.")
+    if is_tracing():
+        return
+    valid = (ids >= 0) & (ids < vocab_size)
+    if allow_ignore_index:
+        valid |= ids == -100
+    if not bool(valid.all()):
+        bad = ids[~valid][0].item()
+        allowed = f"[0, {vocab_size})" + (" or -100" if allow_ignore_index else "")
+        raise ValueError(f"`{name}` contains id {bad}, outside the vocabulary {allowed}.")
+
+
+def check_embeddings(embeds: torch.Tensor, name: str, d_model: int) -> None:
+    """Raise `ValueError` unless `embeds` is a floating [batch, length, d_model] tensor."""
+    if not isinstance(embeds, torch.Tensor) or not embeds.dtype.is_floating_point:
+        raise ValueError(f"`{name}` must be a floating-point tensor of shape [batch, length, {d_model}].")
+    if embeds.dim() != 3 or embeds.shape[-1] != d_model or embeds.shape[0] == 0 or embeds.shape[1] == 0:
+        raise ValueError(f"`{name}` must have shape [batch, length, {d_model}], got {tuple(embeds.shape)}.")
+
+
+def check_attention_mask(mask: torch.Tensor | None, name: str, batch_size: int, length: int) -> None:
+    """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`{name}` must have shape [batch, length] = {(batch_size, length)}, got {shape}.")
+
+
+def check_length(length: int, config: TinyTransformerConfig, name: str) -> None:
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"`{name}` reaches position {length}, beyond `max_position_embeddings` "
+            f"({config.max_position_embeddings}); shorten the input or build a model with a longer position table."
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: the decoder reads `[start, y_1, ..., y_{n-1}]` to predict `[y_1, ..., y_n]`."""
+    decoder_input_ids = labels.new_empty(labels.shape)
+    decoder_input_ids[:, 0] = decoder_start_token_id
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    # -100 marks label positions the loss ignores; the decoder must still read a real token there.
+    return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
+
+
+def sinusoidal_position_table(num_positions: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)) (Vaswani et al. §3.5)."""
+    positions = torch.arange(num_positions, dtype=torch.float32).unsqueeze(1)
+    frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(num_positions, d_model)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
+    return table
+
+
+class TinyTransformerSinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position vectors; a non-persistent buffer, rebuilt by `_init_weights` after loading."""
+
+    def __init__(self, num_positions: int, d_model: int):
+        super().__init__()
+        self.register_buffer("weight", sinusoidal_position_table(num_positions, d_model), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(position_ids, self.weight)
+
+
+def build_position_embedding(config: TinyTransformerConfig) -> nn.Module:
+    if config.position_embedding_type == "learned":
+        return nn.Embedding(config.max_position_embeddings, config.d_model)
+    return TinyTransformerSinusoidalPositions(config.max_position_embeddings, config.d_model)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The design document's attention, written out. query/key/value: [batch, heads, length, head_dim].
+
+    `attention_mask` may be an additive float mask (eager masks), a boolean mask where True means "attend" (SDPA
+    masks), or None, in which case a causal module masks future keys itself. Returns the output as
+    [batch, query, heads, head_dim] and α as [batch, heads, query, key].
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # S = QKᵀ/√d
+    query_length, key_length = scores.shape[-2:]
+    if attention_mask is None and module.is_causal and query_length > 1:
+        # Query i sits at position key_length - query_length + i (a cache holds the earlier keys).
+        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device).tril(
+            key_length - query_length
+        )
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask[..., :key_length]
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # α = row softmax(S)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value)  # O = αV
+    return output.transpose(1, 2).contiguous(), weights
+
+
+class TinyTransformerAttention(nn.Module):
+    """Multi-head attention: self-attention (encoder, causal decoder) or encoder-decoder attention.
+
+    Self-attention projects Q, K and V with one fused matrix [W_q W_k W_v]; encoder-decoder attention projects Q
+    from the decoder states and K, V with one fused matrix [W_k W_v] from the encoder states, once per generation
+    (they are kept in the cross-attention cache).
+    """
+
+    def __init__(self, config: TinyTransformerConfig, layer_idx: int, is_causal: bool, is_cross_attention: bool):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        # Read by transformers' SDPA and flash kernels when no mask is passed: without it they assume causal.
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        if is_cross_attention:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+        else:
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, query_length, _ = hidden_states.shape
+        if self.is_cross_attention:
+            # Q = S W_q: [batch, query, d] -> [batch, heads, query, head_dim]
+            query = self.q_proj(hidden_states).view(batch_size, query_length, self.num_heads, self.head_dim)
+            query = query.transpose(1, 2)
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                # K and V depend only on the encoder states: computed at the first step, reused afterwards.
+                cached = cache.cross_attention_cache.layers[self.layer_idx]
+                key, value = cached.keys, cached.values
+            else:
+                # [K V] = H [W_k W_v]: [batch, source, 2d] -> 2 x [batch, heads, source, head_dim]
+                key_value = self.kv_proj(encoder_hidden_states)
+                key_value = key_value.view(batch_size, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+                key, value = key_value.unbind(0)
+                if cache is not None:
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            # [Q K V] = X [W_q W_k W_v]: [batch, length, 3d] -> 3 x [batch, heads, length, head_dim]
+            query_key_value = self.qkv_proj(hidden_states)
+            query_key_value = query_key_value.view(batch_size, query_length, 3, self.num_heads, self.head_dim)
+            query, key, value = query_key_value.permute(2, 0, 3, 1, 4).unbind(0)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+
+        implementation = self.config._attn_implementation
+        if output_attentions or implementation == "eager":
+            # Only the eager path materialises α; it understands the eager and the SDPA mask formats.
+            attention_function: Callable = eager_attention_forward
+        else:
+            attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        output, weights = attention_function(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        # Recombine the heads: [batch, query, heads, head_dim] -> [batch, query, d], then W_o.
+        output = self.out_proj(output.reshape(batch_size, query_length, -1))
+        return output, weights
+
+
+class TinyTransformerFeedForward(nn.Module):
+    """Position-wise feed-forward network: W_2 · act(W_1 x)."""
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.activation = ACT2FN[config.activation_function]
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class TinyTransformerEncoderLayer(GradientCheckpointingLayer):
+    """Bidirectional self-attention, then feed-forward; each sub-layer wrapped as norm/residual/dropout."""
+
+    def __init__(self, config: TinyTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.normalize_before = config.norm_position == "pre"
+        self.dropout = config.dropout
+        self.self_attn = TinyTransformerAttention(config, layer_idx, is_causal=False, is_cross_attention=False)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward = TinyTransformerFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, self_attention_weights = self.self_attn(
+            hidden_states, attention_mask, output_attentions=output_attentions
+        )
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.feed_forward(hidden_states)
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, self_attention_weights
+
+
+class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
+    """Causal self-attention, encoder-decoder attention (Y = S + O'), then feed-forward."""
+
+    def __init__(self, config: TinyTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.normalize_before = config.norm_position == "pre"
+        self.dropout = config.dropout
+        self.self_attn = TinyTransformerAttention(config, layer_idx, is_causal=True, is_cross_attention=False)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn = TinyTransformerAttention(config, layer_idx, is_causal=False, is_cross_attention=True)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward = TinyTransformerFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, self_attention_weights = self.self_attn(
+            hidden_states,
+            attention_mask,
+            cache=cache.self_attention_cache if cache is not None else None,
+            output_attentions=output_attentions,
+        )
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        # Encoder-decoder attention: Q from the decoder states S, K and V from the encoder states H; Y = S + O'.
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.encoder_attn_layer_norm(hidden_states)
+        hidden_states, cross_attention_weights = self.encoder_attn(
+            hidden_states,
+            encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            cache=cache,
+            output_attentions=output_attentions,
+        )
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.encoder_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.feed_forward(hidden_states)
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, self_attention_weights, cross_attention_weights
+
+
+class TinyTransformerPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, capability flags and Hub-ready saving shared by the TinyTransformer models."""
+
+    config_class = TinyTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TinyTransformerEncoderLayer", "TinyTransformerDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, TinyTransformerSinusoidalPositions):
+            # Non-persistent, so not in the checkpoint: from_pretrained leaves it uninitialised unless rebuilt here.
+            init.copy_(module.weight, sinusoidal_position_table(*module.weight.shape))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Each class registers one Auto class; list all three so the checkpoint loads through any of them.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class TinyTransformerEncoder(nn.Module):
+    """Token + position embeddings, then `encoder_layers` encoder layers (and a final LayerNorm when pre-norm)."""
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        # √d_model keeps token vectors on the scale of the unit-amplitude sinusoids (Vaswani et al. §3.4).
+        self.embed_scale = math.sqrt(config.d_model)
+        self.embed_positions = build_position_embedding(config)
+        self.dropout = config.dropout
+        self.layers = nn.ModuleList(TinyTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
+        if input_ids is not None:
+            check_token_ids(input_ids, "input_ids", config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        else:
+            check_embeddings(inputs_embeds, "inputs_embeds", config.d_model)
+        batch_size, source_length = inputs_embeds.shape[:2]
+        check_attention_mask(attention_mask, "attention_mask", batch_size, source_length)
+        check_length(source_length, config, "input_ids")
+
+        if attention_mask is None:
+            position_ids = torch.arange(source_length, device=inputs_embeds.device)
+        else:
+            # Count positions over real tokens only, so that left padding does not shift them.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden_states = inputs_embeds + self.embed_positions(position_ids)
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        self_attention_mask = create_bidirectional_mask(config, inputs_embeds, attention_mask)
+
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attention_weights = layer(hidden_states, self_attention_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(attention_weights)
+        if self.final_layer_norm is not None:
+            hidden_states = self.final_layer_norm(hidden_states)
+            if output_hidden_states:
+                all_hidden_states[-1] = hidden_states
+
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class TinyTransformerDecoder(nn.Module):
+    """Token + position embeddings, then `decoder_layers` decoder layers attending to the encoder states."""
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_scale = math.sqrt(config.d_model)
+        self.embed_positions = build_position_embedding(config)
+        self.dropout = config.dropout
+        self.layers = nn.ModuleList(TinyTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        config = self.config
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` and `decoder_inputs_embeds` to the decoder.")
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output H).")
+        if input_ids is not None:
+            check_token_ids(input_ids, "decoder_input_ids", config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+        else:
+            check_embeddings(inputs_embeds, "decoder_inputs_embeds", config.d_model)
+        batch_size, target_length = inputs_embeds.shape[:2]
+        check_attention_mask(
+            encoder_attention_mask, "attention_mask", batch_size, encoder_hidden_states.shape[1]
+        )
+
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        elif not use_cache:
+            cache = None
+        elif not isinstance(cache, EncoderDecoderCache):
+            raise ValueError(f"The decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if not is_tracing():
+            check_length(int(past_length) + target_length, config, "decoder_input_ids")
+            check_attention_mask(
+                attention_mask, "decoder_attention_mask", batch_size, int(past_length) + target_length
+            )
+
+        position_ids = torch.arange(target_length, device=inputs_embeds.device) + past_length
+        hidden_states = inputs_embeds + self.embed_positions(position_ids)
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        # Masks are built once per forward and shared by every layer. Positional arguments: the name of the cache
+        # argument differs between transformers 5.x releases.
+        self_attention_mask = create_causal_mask(
+            config, inputs_embeds, attention_mask, cache.self_attention_cache if cache is not None else None
+        )
+        cross_attention_mask = create_bidirectional_mask(
+            config, inputs_embeds, encoder_attention_mask, encoder_hidden_states
+        )
+
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_self_attentions = [] if output_attentions else None
+        all_cross_attentions = [] if output_attentions else None
+        for layer in self.layers:
+            hidden_states, self_attention_weights, cross_attention_weights = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,  # positional, so gradient checkpointing propagates its gradient
+                cross_attention_mask,
+                cache=cache,
+                output_attentions=output_attentions,
+            )
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_self_attentions.append(self_attention_weights)
+                all_cross_attentions.append(cross_attention_weights)
+        if self.final_layer_norm is not None:
+            hidden_states = self.final_layer_norm(hidden_states)
+            if output_hidden_states:
+                all_hidden_states[-1] = hidden_states
+
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_self_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross_attentions) if output_attentions else None,
+            **{CACHE_FIELD: cache},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def warn_about_unused_kwargs(kwargs: dict) -> None:
+    unused = set(kwargs) - IGNORED_FORWARD_KWARGS
+    if unused:
+        logger.warning_once(f"TinyTransformer ignores these unknown forward arguments: {sorted(unused)}")
+
+
+class TinyTransformerModel(TinyTransformerPreTrainedModel):
+    """The bare encoder-decoder: returns the decoder's last hidden states (no language-model head)."""
+
+    _tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__(config)
+        config.validate_tiny_transformer()  # fields may have been edited after the config was built
+        self.encoder = TinyTransformerEncoder(config)
+        self.decoder = TinyTransformerDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embed_tokens = value
+        self.decoder.embed_tokens = value
+
+    def get_encoder(self) -> TinyTransformerEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> TinyTransformerDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        kwargs.pop("num_items_in_batch", None)
+        warn_about_unused_kwargs(kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(
+                "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."
+            )
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: decoder_outputs[CACHE_FIELD] if CACHE_FIELD in decoder_outputs else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with a language-model head: `labels` give a loss, `generate` decodes."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__(config)
+        self.model = TinyTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self) -> TinyTransformerEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> TinyTransformerDecoder:
+        return self.model.decoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Used by `DataCollatorForSeq2Seq(model=...)` to build `decoder_input_ids` in the data loader."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `[batch, target_length]`, *optional*):
+            Target ids in `[0, vocab_size)`, or -100 for positions the loss ignores. When given and no
+            `decoder_input_ids` are, the decoder reads the labels shifted right behind `decoder_start_token_id`.
+        num_items_in_batch (keyword, *optional*):
+            Passed by the Trainer: the number of non-ignored label tokens in the whole accumulated batch. The loss is
+            then the token sum divided by it, so gradient accumulation matches one large batch exactly.
+        """
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            check_token_ids(labels, "labels", self.config.vocab_size, allow_ignore_index=True)
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"`labels` must have shape [batch, target_length] = {tuple(logits.shape[:2])}, "
+                    f"got {tuple(labels.shape)}."
+                )
+            # Cross-entropy from logits over the non-ignored tokens: a mean, or, when the Trainer counts the tokens
+            # of the whole accumulated batch, a sum over that count.
+            token_losses_sum = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+            )
+            if num_items_in_batch is None:
+                loss = token_losses_sum / (labels != -100).sum().clamp(min=1)
+            else:
+                loss = token_losses_sum / torch.as_tensor(num_items_in_batch, device=logits.device)
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: outputs[CACHE_FIELD] if CACHE_FIELD in outputs else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "TinyTransformerPreTrainedModel",
+    "TinyTransformerModel",
+    "TinyTransformerForConditionalGeneration",
+]

@@ -1,0 +1,188 @@
+"""The synthetic corpus and its tokenizer.
+
+The design document's data are random integers 0-99 in sequences up to 50 long. Each example is a pair of
+texts, `source` and `target`, written as a person types them: words separated by spaces.
+
+| task      | source                 | target        |
+| --------- | ---------------------- | ------------- |
+| `copy`    | `42 7 42 13`           | `42 7 42 13`  |
+| `reverse` | `42 7 42 13`           | `13 42 7 42`  |
+| `sort`    | `42 7 42 13`           | `7 13 42 42`  |
+| `add`     | `4 0 7 + 9 5`          | `5 0 2`       |
+
+For `add` the words are decimal digits, so the same vocabulary serves every task and any checkpoint can be
+fine-tuned on any other task.
+
+Which split an example belongs to is decided by a hash of its source text, not by the random draw, so a test
+source never appears in train, whatever the seed or the split sizes.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Value
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.processors import TemplateProcessing
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+
+TASKS = ("copy", "reverse", "sort", "add")
+SPLITS = ("train", "validation", "test")
+NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
+PLUS = "+"
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
+# Bump when generate_examples changes, so that corpora cached by an older version are not reused.
+CORPUS_VERSION = 1
+# A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
+# test, 5% for validation, the rest for train.
+SPLIT_BUCKETS = {"test": range(0, 5), "validation": range(5, 10), "train": range(10, 100)}
+# How many draws per requested example before giving up: a bucket holds ~5% of the sources, so ~20 draws are
+# expected per test example; only a length range with almost no distinct sources needs more.
+MAX_DRAWS_PER_EXAMPLE = 200
+
+
+def split_of(source: str) -> str:
+    """The split that owns `source`: a stable hash (unlike Python's `hash`, the same in every process)."""
+    bucket = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little") % 100
+    return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
+
+
+def target_length(task: str, max_length: int) -> int:
+    """Most words a target of `task` can have: the sum of two `max_length`-digit numbers has one digit more."""
+    return max_length + 1 if task == "add" else max_length
+
+
+def source_length(task: str, max_length: int) -> int:
+    """Most words a source of `task` can have: for `add`, two operands and the `+`."""
+    return 2 * max_length + 1 if task == "add" else max_length
+
+
+def make_example(task: str, rng: np.random.Generator, min_length: int, max_length: int) -> dict[str, str]:
+    """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand."""
+    if task == "add":
+        operands = []
+        for _ in range(2):
+            num_digits = int(rng.integers(min_length, max_length + 1))
+            # No leading zero, except for the number 0 itself; Python ints, so any digit count works.
+            digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
+            operands.append("".join(map(str, digits)))
+        total = str(int(operands[0]) + int(operands[1]))
+        return {"source": f"{' '.join(operands[0])} {PLUS} {' '.join(operands[1])}", "target": " ".join(total)}
+    values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
+    if task == "reverse":
+        target = values[::-1]
+    elif task == "sort":
+        target = sorted(values)
+    else:
+        target = values
+    return {"source": " ".join(map(str, values)), "target": " ".join(map(str, target))}
+
+
+def generate_examples(
+    task: str, split: str, num_examples: int, min_length: int, max_length: int, seed: int
+) -> Iterator[dict[str, str]]:
+    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`."""
+    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
+    found = 0
+    for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
+        example = make_example(task, rng, min_length, max_length)
+        if split_of(example["source"]) == split:
+            yield example
+            found += 1
+            if found == num_examples:
+                return
+    raise ValueError(
+        f"found only {found} of {num_examples} {split} examples for task {task!r} with lengths "
+        f"{min_length}..{max_length}: too few distinct sources; widen the length range or ask for fewer examples"
+    )
+
+
+def build_corpus(
+    task: str,
+    seed: int,
+    train_size: int,
+    validation_size: int,
+    test_size: int,
+    min_length: int,
+    max_length: int,
+    cache_dir: str | None = None,
+) -> DatasetDict:
+    """The corpus of `task` as a `DatasetDict` with `train`, `validation` and `test` splits of `source`/`target` texts.
+
+    Each split is written once by `Dataset.from_generator` to the datasets cache (`HF_DATASETS_CACHE`, or
+    `cache_dir`). Its fingerprint is computed from the arguments and `CORPUS_VERSION`, so a second call with the
+    same arguments, in any process, loads the cached Arrow files instead of generating again, and the
+    fingerprints (hence `map` caches) of everything derived from it are stable too.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if not 1 <= min_length <= max_length:
+        raise ValueError(f"lengths must satisfy 1 <= min_length <= max_length; got {min_length} and {max_length}")
+    sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+    for split, size in sizes.items():
+        if size < 1:
+            raise ValueError(f"{split}_size must be at least 1; got {size}")
+    features = Features({"source": Value("string"), "target": Value("string")})
+    corpus = {}
+    for split, size in sizes.items():
+        gen_kwargs = {
+            "task": task,
+            "split": split,
+            "num_examples": size,
+            "min_length": min_length,
+            "max_length": max_length,
+            "seed": seed,
+        }
+        description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
+        corpus[split] = Dataset.from_generator(
+            generate_examples,
+            features=features,
+            gen_kwargs=gen_kwargs,
+            split=split,
+            cache_dir=cache_dir,
+            fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
+        )
+    return DatasetDict(corpus)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The word-level tokenizer of the corpus: one id per word of `VOCABULARY`, and `</s>` appended to every text."""
+    vocab = {word: index for index, word in enumerate(VOCABULARY)}
+    backend = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    # Any run of whitespace separates words, so "3  14\t15" reads like "3 14 15".
+    backend.pre_tokenizer = WhitespaceSplit()
+    backend.post_processor = TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tokenize_corpus(
+    corpus: DatasetDict, tokenizer: PreTrainedTokenizerBase, load_from_cache_file: bool = True
+) -> DatasetDict:
+    """`input_ids`, `attention_mask` and `labels` for every example, by a batched, cached `Dataset.map`."""
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        model_inputs = tokenizer(batch["source"])
+        model_inputs["labels"] = tokenizer(text_target=batch["target"])["input_ids"]
+        return model_inputs
+
+    return corpus.map(
+        tokenize,
+        batched=True,
+        remove_columns=["source", "target"],
+        load_from_cache_file=load_from_cache_file,
+        desc="Tokenizing",
+    )
