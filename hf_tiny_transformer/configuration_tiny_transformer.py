@@ -8,6 +8,21 @@ from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 NORM_POSITIONS = ("pre", "post")
+# Fields that decide what function the saved weights compute: a saved `config.json` must state each of them, since a
+# default silently standing in for a missing one (say `activation_function`) would give wrong outputs, not an error.
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "num_attention_heads",
+    "ffn_dim",
+    "max_position_embeddings",
+    "activation_function",
+    "position_embedding_type",
+    "norm_position",
+    "tie_word_embeddings",
+)
 
 
 class TinyTransformerConfig(PretrainedConfig):
@@ -83,6 +98,20 @@ class TinyTransformerConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         self.validate_tiny_transformer()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "TinyTransformerConfig":
+        """`PreTrainedConfig.from_dict`, through which every saved `config.json` is loaded. Stricter: the file must
+        state every field in `ARCHITECTURE_FIELDS`, and a missing or invalid field raises `ValueError` naming it."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"Invalid TinyTransformer `config.json`: expected a JSON object, got {config_dict!r:.80}.")
+        missing = [name for name in ARCHITECTURE_FIELDS if name not in config_dict and name not in kwargs]
+        if missing:
+            raise ValueError(f"Invalid TinyTransformer `config.json`: missing field(s) {', '.join(missing)}.")
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except ValueError as error:
+            raise ValueError(f"Invalid TinyTransformer `config.json`: {error}") from error
+
     @property
     def head_dim(self) -> int:
         """Width of one attention head, `d_model // num_attention_heads` (the `d` in S = QKᵀ/√d)."""
@@ -127,6 +156,16 @@ class TinyTransformerConfig(PretrainedConfig):
             )
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"`norm_position` must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
+        for name in ("tie_word_embeddings", "use_cache", "is_encoder_decoder"):
+            # A JSON string such as "false" would otherwise count as True.
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
+        if not self.is_encoder_decoder:
+            raise ValueError("`is_encoder_decoder` must be true: TinyTransformer is an encoder-decoder model.")
+        weights_file = getattr(self, "transformers_weights", None)
+        if weights_file is not None and not str(weights_file).endswith((".safetensors", ".safetensors.index.json")):
+            # transformers loads the file this names, pickles included; TinyTransformer reads safetensors only.
+            raise ValueError(f"`transformers_weights` must name a safetensors file, got {weights_file!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             if value is None and name != "pad_token_id":

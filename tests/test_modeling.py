@@ -1,0 +1,200 @@
+"""Forward pass: outputs, attention semantics, backends, padding, embeddings inputs, gradients."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from hf_tiny_transformer import TinyTransformerForConditionalGeneration, TinyTransformerModel
+
+
+def copy_with_attention(model, implementation):
+    twin = TinyTransformerForConditionalGeneration(model.config.__class__(**model.config.to_diff_dict())).eval()
+    twin.load_state_dict(model.state_dict())
+    twin.set_attn_implementation(implementation)
+    return twin
+
+
+def test_auto_classes_build_our_models(make_config):
+    config = make_config()
+    assert isinstance(AutoModel.from_config(config), TinyTransformerModel)
+    assert isinstance(AutoModelForSeq2SeqLM.from_config(config), TinyTransformerForConditionalGeneration)
+
+
+def test_default_attention_is_sdpa(make_model):
+    assert make_model().config._attn_implementation == "sdpa"
+
+
+def test_outputs_have_expected_types_and_shapes(make_model, batch):
+    model = make_model()
+    input_ids, attention_mask = batch(40, [7, 5, 3])
+    labels = torch.randint(3, 40, (3, 4))
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    assert isinstance(output, Seq2SeqLMOutput)
+    assert output.logits.shape == (3, 4, 40)
+    assert output.encoder_last_hidden_state.shape == (3, 7, 32)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+
+    base = model.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=labels)
+    assert isinstance(base, Seq2SeqModelOutput)
+    assert base.last_hidden_state.shape == (3, 4, 32)
+
+
+def test_return_dict_false_gives_tuples_starting_with_loss(make_model, batch):
+    model = make_model()
+    input_ids, attention_mask = batch(40, [6, 6])
+    labels = torch.randint(3, 40, (2, 5))
+    as_dict = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    as_tuple = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    base_tuple = model.model(input_ids=input_ids, decoder_input_ids=labels, return_dict=False, use_cache=False)
+    assert isinstance(base_tuple, tuple) and base_tuple[0].shape == (2, 5, 32)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_weights_are_row_stochastic_causal_and_ignore_padding(make_model, batch, implementation):
+    model = make_model(attn_implementation=implementation)
+    input_ids, attention_mask = batch(40, [6, 4])
+    decoder_input_ids = torch.randint(3, 40, (2, 5))
+    output = model(
+        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, output_attentions=True
+    )
+    heads = model.config.num_attention_heads
+    assert len(output.encoder_attentions) == model.config.encoder_layers
+    assert len(output.decoder_attentions) == len(output.cross_attentions) == model.config.decoder_layers
+    for encoder_attention in output.encoder_attentions:
+        assert encoder_attention.shape == (2, heads, 6, 6)
+        torch.testing.assert_close(encoder_attention.sum(-1), torch.ones(2, heads, 6))
+        assert torch.all(encoder_attention[1, :, :, 4:] == 0)  # padded keys of the shorter example
+    for self_attention in output.decoder_attentions:
+        assert self_attention.shape == (2, heads, 5, 5)
+        torch.testing.assert_close(self_attention.sum(-1), torch.ones(2, heads, 5))
+        above_diagonal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+        assert torch.all(self_attention[..., above_diagonal] == 0)
+    for cross_attention in output.cross_attentions:
+        assert cross_attention.shape == (2, heads, 5, 6)
+        torch.testing.assert_close(cross_attention.sum(-1), torch.ones(2, heads, 5))
+        assert torch.all(cross_attention[1, :, :, 4:] == 0)
+
+
+def test_hidden_states_cover_embeddings_and_every_layer(make_model, batch):
+    model = make_model()
+    input_ids, attention_mask = batch(40, [5, 5])
+    output = model(
+        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :3], output_hidden_states=True
+    )
+    assert len(output.encoder_hidden_states) == model.config.encoder_layers + 1
+    assert len(output.decoder_hidden_states) == model.config.decoder_layers + 1
+    torch.testing.assert_close(output.encoder_hidden_states[-1], output.encoder_last_hidden_state)
+    assert output.decoder_hidden_states[0].shape == (2, 3, 32)
+
+
+@pytest.mark.parametrize("padding_side", [None, "right", "left"])
+@pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_eager_and_sdpa_agree_in_fp32(make_model, batch, padding_side, position_embedding_type, norm_position):
+    model = make_model(position_embedding_type=position_embedding_type, norm_position=norm_position)
+    lengths = [7, 7, 7] if padding_side is None else [7, 4, 2]
+    input_ids, attention_mask = batch(40, lengths, side=padding_side or "right")
+    decoder_input_ids = torch.randint(3, 40, (3, 6))
+    eager = copy_with_attention(model, "eager")
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    sdpa_logits = model(**kwargs).logits
+    eager_logits = eager(**kwargs).logits
+    assert (sdpa_logits - eager_logits).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_eager_and_sdpa_agree_in_bf16(make_model, batch, padding_side):
+    model = make_model().to(torch.bfloat16)
+    eager = copy_with_attention(model, "eager").to(torch.bfloat16)
+    input_ids, attention_mask = batch(40, [7, 3], side=padding_side)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
+    difference = (model(**kwargs).logits.float() - eager(**kwargs).logits.float()).abs().max().item()
+    assert difference < 3e-2
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_padded_example_matches_the_example_alone(make_model, batch, padding_side):
+    model = make_model()
+    input_ids, attention_mask = batch(40, [8, 5], side=padding_side)
+    decoder_input_ids = torch.randint(3, 40, (2, 4))
+    together = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    short = input_ids[1][attention_mask[1].bool()].unsqueeze(0)
+    alone = model(input_ids=short, decoder_input_ids=decoder_input_ids[1:]).logits
+    torch.testing.assert_close(together[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_embeds_match_input_ids(make_model, batch):
+    model = make_model()
+    input_ids, attention_mask = batch(40, [6, 4])
+    decoder_input_ids = torch.randint(3, 40, (2, 3))
+    from_ids = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    embed = model.get_input_embeddings()
+    from_embeds = model(
+        inputs_embeds=embed(input_ids),
+        attention_mask=attention_mask,
+        decoder_inputs_embeds=embed(decoder_input_ids),
+    ).logits
+    torch.testing.assert_close(from_ids, from_embeds)
+
+
+def test_gradients_reach_hidden_states_attentions_and_every_parameter(make_model, batch):
+    model = make_model(attn_implementation="eager").train()
+    input_ids, attention_mask = batch(40, [6, 4])
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=torch.randint(3, 40, (2, 5)),
+        output_attentions=True,
+        output_hidden_states=True,
+    )
+    retained = [
+        output.encoder_hidden_states[0],
+        output.decoder_hidden_states[0],
+        output.encoder_attentions[0],
+        output.decoder_attentions[0],
+        output.cross_attentions[0],
+    ]
+    for tensor in retained:
+        tensor.retain_grad()
+    output.loss.backward()
+    for tensor in retained:
+        assert tensor.grad is not None
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def test_dropout_only_acts_in_training(make_model, batch):
+    model = make_model(dropout=0.3, attention_dropout=0.3)
+    input_ids, _ = batch(40, [6])
+    kwargs = dict(input_ids=input_ids, decoder_input_ids=input_ids)
+    torch.testing.assert_close(model(**kwargs).logits, model(**kwargs).logits)
+    model.train()
+    assert not torch.equal(model(**kwargs).logits, model(**kwargs).logits)
+
+
+def test_untied_embeddings_are_separate_parameters(make_model):
+    tied = make_model()
+    assert tied.lm_head.weight is tied.model.encoder.embed_tokens.weight
+    assert tied.model.decoder.embed_tokens.weight is tied.model.encoder.embed_tokens.weight
+    untied = make_model(tie_word_embeddings=False)
+    assert untied.lm_head.weight is not untied.model.encoder.embed_tokens.weight
+    parameters = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert parameters == 2 * 40 * 32
+
+
+@pytest.mark.slow
+def test_flex_attention_matches_sdpa_if_available(make_model, batch):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = make_model()
+    input_ids, attention_mask = batch(40, [8, 5])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
+    try:
+        flex = copy_with_attention(model, "flex_attention")
+    except (ImportError, ValueError) as error:
+        pytest.skip(f"flex attention unavailable here: {error}")
+    with torch.no_grad():  # flex attention has no CPU backward
+        torch.testing.assert_close(flex(**kwargs).logits, model(**kwargs).logits, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,168 @@
+"""save_pretrained / from_pretrained: files written, exact round trips, and remote code in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSeq2SeqLM
+
+from hf_tiny_transformer import TinyTransformerForConditionalGeneration, TinyTransformerModel
+from hf_tiny_transformer.modeling_tiny_transformer import sinusoidal_position_table
+
+
+def inputs_for(model, batch):
+    input_ids, attention_mask = batch(model.config.vocab_size, [7, 4])
+    return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5])
+
+
+def test_save_writes_safetensors_config_with_auto_map_and_source(make_model, tmp_path):
+    make_model().save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "configuration_tiny_transformer.py",
+        "modeling_tiny_transformer.py",
+    } <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "tiny_transformer"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_tiny_transformer.TinyTransformerConfig",
+        "AutoModel": "modeling_tiny_transformer.TinyTransformerModel",
+        "AutoModelForSeq2SeqLM": "modeling_tiny_transformer.TinyTransformerForConditionalGeneration",
+    }
+    # Tied embeddings are stored once.
+    assert list(load_file(tmp_path / "model.safetensors")).count("lm_head.weight") == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_word_embeddings": False}, {"position_embedding_type": "learned", "norm_position": "post"}],
+    ids=["tied", "untied", "learned-post"],
+)
+def test_round_trip_through_auto_class_is_exact(make_model, batch, tmp_path, overrides):
+    model = make_model(**overrides)
+    inputs = inputs_for(model, batch)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is TinyTransformerForConditionalGeneration
+    assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
+    tied = reloaded.lm_head.weight is reloaded.model.encoder.embed_tokens.weight
+    assert tied == model.config.tie_word_embeddings
+
+
+def test_base_model_loads_from_a_head_checkpoint(make_model, batch, tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is TinyTransformerModel
+    inputs = inputs_for(model, batch)
+    assert torch.equal(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+
+
+def test_sinusoidal_table_is_rebuilt_after_loading(make_model, tmp_path):
+    make_model().save_pretrained(tmp_path)
+    reloaded = TinyTransformerForConditionalGeneration.from_pretrained(tmp_path)
+    for positions in (reloaded.model.encoder.embed_positions, reloaded.model.decoder.embed_positions):
+        assert torch.equal(positions.weight, sinusoidal_position_table(*positions.weight.shape))
+
+
+def test_every_weight_and_buffer_follows_the_initialisation_scheme(make_model):
+    model = make_model(d_model=64, ffn_dim=128, vocab_size=64, position_embedding_type="learned")
+    std = model.config.initializer_range
+    for name, parameter in model.named_parameters():
+        if name.endswith("layer_norm.weight"):
+            assert torch.equal(parameter, torch.ones_like(parameter)), name
+        elif name.endswith("bias"):
+            assert torch.equal(parameter, torch.zeros_like(parameter)), name
+        else:  # projections, token and learned position embeddings: N(0, initializer_range²)
+            assert parameter.dim() == 2, name
+            assert abs(parameter.std().item() - std) < 0.15 * std and abs(parameter.mean().item()) < std / 4, name
+    sinusoidal = make_model()
+    for name, buffer in sinusoidal.named_buffers():
+        assert torch.equal(buffer, sinusoidal_position_table(*buffer.shape)), name
+
+
+def test_resized_embeddings_stay_tied_and_round_trip(make_model, batch, tmp_path):
+    model = make_model()
+    model.resize_token_embeddings(48)
+    assert model.config.vocab_size == 48
+    assert model.lm_head.weight.shape == (48, 32)
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    inputs = inputs_for(model, batch)
+    inputs["input_ids"][0, 0] = 45  # a new id is accepted
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseOurPackage(importlib.abc.MetaPathFinder):
+        # Stands in for a machine where hf_tiny_transformer is not installed.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hf_tiny_transformer":
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+
+    sys.meta_path.insert(0, RefuseOurPackage())
+    try:
+        import hf_tiny_transformer  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("hf_tiny_transformer must not be importable here")
+
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+    checkpoint, inputs_path = sys.argv[1], sys.argv[2]
+    inputs = torch.load(inputs_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    assert type(AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)).__name__ == "TinyTransformerConfig"
+    base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
+    assert type(base).__name__ == "TinyTransformerModel"
+    assert "hf_tiny_transformer" not in type(model).__module__
+    logits = model(**inputs).logits
+    generated = model.generate(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, num_beams=2
+    )
+    torch.save({"logits": logits, "generated": generated, "module": type(model).__module__}, sys.argv[3])
+    """
+)
+
+
+@pytest.mark.slow
+def test_remote_code_loads_in_a_fresh_process_without_our_package(make_model, batch, tmp_path):
+    model = make_model()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    inputs = inputs_for(model, batch)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    environment.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(checkpoint), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = torch.load(tmp_path / "out.pt")
+    assert result["module"].startswith("transformers_modules.")
+    assert torch.equal(result["logits"], model(**inputs).logits)
+    expected = model.generate(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, num_beams=2
+    )
+    assert torch.equal(result["generated"], expected)

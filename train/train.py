@@ -1,0 +1,460 @@
+#!/usr/bin/env python
+"""Train TinyTransformer on a synthetic task with the Seq2SeqTrainer, and leave a folder ready for the Hub.
+
+In the shape of transformers' `examples/pytorch/translation/run_translation.py`: model, data and
+`Seq2SeqTrainingArguments` dataclasses read by `HfArgumentParser`, so every Trainer flag works as usual.
+
+    python train/train.py                                      # the default task, in minutes on a CPU
+    python train/train.py --task sort --output_dir outputs/sort
+    python train/train.py --task copy --model_name_or_path outputs/tiny-transformer-reverse   # fine-tune
+    torchrun --nproc_per_node 2 train/train.py --use_cpu       # 2 processes (DDP over gloo)
+    accelerate launch --config_file train/accelerate/ddp.yaml --num_processes 8 train/train.py
+
+Flags the user does not pass take the task's defaults (`TASK_DEFAULTS`), chosen so that each task reaches at least
+99% test exact match within 10 minutes on a 2-core CPU. The output folder holds the model, its source code, the
+tokenizer, a clean generation config, the metrics, a model card (README.md) and two figures.
+"""
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import transformers
+from huggingface_hub import HfApi
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    EvalPrediction,
+    GenerationConfig,
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from data import TASKS, build_corpus, build_tokenizer, source_length, target_length, tokenize_corpus
+from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from model_card import plot_cross_attention, plot_training_curves, write_model_card
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TASK = "reverse"
+MODEL_SIZE_FIELDS = ("d_model", "encoder_layers", "decoder_layers", "num_attention_heads", "ffn_dim", "dropout")
+# The flags that shape a new model; a checkpoint given with --model_name_or_path brings its own.
+NEW_MODEL_FIELDS = (*MODEL_SIZE_FIELDS, "max_position_embeddings", "position_embedding_type", "norm_position")
+
+# Defaults of every task, for flags of all three dataclasses. Chosen (and measured, see model_card.md) so that
+# `python train/train.py --task X` reaches >= 99% test exact match within 10 minutes on a 2-core CPU.
+TASK_DEFAULTS = {
+    "copy": {
+        "min_length": 1,
+        "max_length": 50,
+        "train_size": 100_000,
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 4,
+        "ffn_dim": 256,
+        "dropout": 0.0,
+        "max_steps": 2000,
+        "learning_rate": 1e-3,
+        "warmup_steps": 200,
+    },
+    "reverse": {
+        "min_length": 1,
+        "max_length": 50,
+        "train_size": 100_000,
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 4,
+        "ffn_dim": 256,
+        "dropout": 0.0,
+        "max_steps": 2000,
+        "learning_rate": 1e-3,
+        "warmup_steps": 200,
+    },
+    "sort": {
+        "min_length": 1,
+        "max_length": 50,
+        "train_size": 100_000,
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 4,
+        "ffn_dim": 256,
+        "dropout": 0.0,
+        "max_steps": 2000,
+        "learning_rate": 1e-3,
+        "warmup_steps": 200,
+    },
+    "add": {
+        "min_length": 1,
+        "max_length": 10,
+        "train_size": 100_000,
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 4,
+        "ffn_dim": 256,
+        "dropout": 0.0,
+        "max_steps": 2000,
+        "learning_rate": 1e-3,
+        "warmup_steps": 200,
+    },
+}
+# Defaults shared by all tasks: train, evaluate and test in one go, with generation-based metrics.
+COMMON_DEFAULTS = {
+    "validation_size": 500,
+    "test_size": 2000,
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "predict_with_generate": True,
+    "eval_strategy": "steps",
+    "eval_steps": 250,
+    "save_steps": 250,
+    "save_total_limit": 2,
+    "logging_steps": 25,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 250,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "report_to": "none",
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a new TinyTransformer of the given size, or an existing checkpoint to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune this checkpoint (a local folder or a Hub id) and its tokenizer instead of training a "
+            "new model. The size flags below then cannot be used: the checkpoint's config decides."
+        },
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub checkpoint."})
+    trust_remote_code: bool = field(
+        default=True,
+        metadata={
+            "help": "Let --model_name_or_path run the model code stored with it (checkpoints written by this script "
+            "carry theirs). With hf_tiny_transformer installed, its own classes are used for tiny_transformer "
+            "checkpoints either way."
+        },
+    )
+    d_model: int | None = field(default=None, metadata={"help": "Hidden size of a new model."})
+    encoder_layers: int | None = field(default=None, metadata={"help": "Encoder layers of a new model."})
+    decoder_layers: int | None = field(default=None, metadata={"help": "Decoder layers of a new model."})
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads of a new model; must divide d_model."}
+    )
+    ffn_dim: int | None = field(default=None, metadata={"help": "Feed-forward inner size of a new model."})
+    dropout: float | None = field(default=None, metadata={"help": "Dropout probability of a new model, in [0, 1)."})
+    max_position_embeddings: int | None = field(
+        default=None,
+        metadata={"help": "Longest sequence a new model accepts (default: the TinyTransformerConfig default)."},
+    )
+    position_embedding_type: str | None = field(
+        default=None, metadata={"help": "Positions of a new model.", "choices": ["sinusoidal", "learned"]}
+    )
+    norm_position: str | None = field(
+        default=None, metadata={"help": "LayerNorm placement of a new model.", "choices": ["pre", "post"]}
+    )
+
+
+@dataclass
+class DataArguments:
+    """The synthetic corpus (see data.py). Sizes and lengths default to the task's values in TASK_DEFAULTS."""
+
+    task: str = field(
+        default=DEFAULT_TASK,
+        metadata={"help": "What the model learns to do with a sequence of integers 0-99.", "choices": list(TASKS)},
+    )
+    train_size: int | None = field(default=None, metadata={"help": "Number of training examples."})
+    validation_size: int | None = field(default=None, metadata={"help": "Number of validation examples."})
+    test_size: int | None = field(default=None, metadata={"help": "Number of test examples."})
+    min_length: int | None = field(
+        default=None, metadata={"help": "Shortest source: integers in the sequence, or digits per operand for add."}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Longest source: integers in the sequence, or digits per operand for add."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Tokenize again even when the datasets cache holds the result."}
+    )
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
+    """Parse `argv` with the task's defaults for every flag that is not given, and check the values."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
+    # The task chooses the defaults of the other flags, so read it (and whether a checkpoint is given) first. Defaults
+    # set on the parser apply exactly to the flags the user did not pass.
+    known, _ = parser.parse_known_args(argv)
+    defaults = {**COMMON_DEFAULTS, **TASK_DEFAULTS[known.task], "output_dir": f"outputs/tiny-transformer-{known.task}"}
+    if known.model_name_or_path is not None:
+        # A checkpoint brings its own size; leave these None to detect flags that would be silently ignored.
+        defaults = {name: value for name, value in defaults.items() if name not in MODEL_SIZE_FIELDS}
+    training_fields = {field.name for field in Seq2SeqTrainingArguments.__dataclass_fields__.values()}
+    own_fields = {*ModelArguments.__dataclass_fields__, *DataArguments.__dataclass_fields__}
+    # Read the Trainer's fields generically: only set defaults for flags the installed transformers has.
+    parser.set_defaults(**{name: value for name, value in defaults.items() if name in training_fields | own_fields})
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        check_arguments(model_args, data_args)
+    except ValueError as error:
+        parser.error(str(error))
+    return model_args, data_args, training_args
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Raise ValueError, naming the flag and its allowed range, for values that cannot work."""
+    for name in ("train_size", "validation_size", "test_size", "min_length"):
+        if getattr(data_args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1; got {getattr(data_args, name)}")
+    if data_args.max_length < data_args.min_length:
+        raise ValueError(
+            f"--max_length ({data_args.max_length}) must be at least --min_length ({data_args.min_length})"
+        )
+    if model_args.model_name_or_path is not None:
+        given = [f"--{name}" for name in NEW_MODEL_FIELDS if getattr(model_args, name) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} cannot be combined with --model_name_or_path: the checkpoint's config sets the size"
+            )
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        max_positions = getattr(config, "max_position_embeddings", None)
+    else:
+        # The config validates every size (positive, heads dividing d_model, dropout in [0, 1), ...).
+        max_positions = new_model_config(model_args, build_tokenizer()).max_position_embeddings
+    # The longest source gets </s>; the longest decoder input is the start token plus the target.
+    longest = max(source_length(data_args.task, data_args.max_length), target_length(data_args.task, data_args.max_length)) + 1
+    if max_positions is not None and longest > max_positions:
+        raise ValueError(
+            f"--max_length {data_args.max_length} gives {data_args.task} sequences of {longest} tokens, more than the "
+            f"model's max_position_embeddings ({max_positions})"
+        )
+
+
+def new_model_config(
+    model_args: ModelArguments, tokenizer: transformers.PreTrainedTokenizerBase
+) -> TinyTransformerConfig:
+    """The config of a new TinyTransformer sized by the flags, with the tokenizer's vocabulary and special tokens."""
+    sizes = {name: getattr(model_args, name) for name in NEW_MODEL_FIELDS}
+    return TinyTransformerConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+        **{name: value for name, value in sizes.items() if value is not None},
+    )
+
+
+def sequence_metrics(eval_prediction: EvalPrediction, pad_token_id: int, eos_token_id: int) -> dict[str, float]:
+    """`exact_match`: the whole generated sequence, up to and including </s>, equals the target.
+    `token_accuracy`: the fraction of target tokens (</s> included) that the generation has at the same position.
+    """
+    exact, correct, total = 0, 0, 0
+    for generated, label in zip(eval_prediction.predictions, eval_prediction.label_ids):
+        # Labels are padded with -100 (between batches) or the pad id (within one); targets never contain either.
+        label = label[(label != -100) & (label != pad_token_id)]
+        # Generations start with the decoder start token and stop at the first </s>.
+        generated = generated[1:]
+        eos_positions = np.flatnonzero(generated == eos_token_id)
+        if len(eos_positions):
+            generated = generated[: eos_positions[0] + 1]
+        length = min(len(generated), len(label))
+        correct += int((generated[:length] == label[:length]).sum())
+        total += len(label)
+        exact += int(len(generated) == len(label) and bool((generated == label).all()))
+    return {"exact_match": exact / len(eval_prediction.label_ids), "token_accuracy": correct / total}
+
+
+def push_folder(training_args: Seq2SeqTrainingArguments, repo_id: str) -> None:
+    """Upload the finished output folder (model, code, tokenizer, card, figures, metrics), not the checkpoints."""
+    api = HfApi(token=training_args.hub_token)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=training_args.output_dir,
+        commit_message="Upload TinyTransformer trained with train/train.py",
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
+        revision=getattr(training_args, "hub_revision", None),
+    )
+    logger.info("Pushed %s to https://huggingface.co/%s", training_args.output_dir, repo_id)
+
+
+def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
+    """Train, evaluate and test as the flags say; return the trainer (for callers that inspect the run)."""
+    start_time = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse_arguments(argv)
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        "Process rank: %d, world size: %d, device: %s, distributed training: %s",
+        training_args.process_index,
+        training_args.world_size,
+        training_args.device,
+        training_args.parallel_mode.value == "distributed",
+    )
+
+    # The Trainer would push every checkpoint and its own model card; we push the finished folder once, at the end.
+    # Create the repo now so that a missing token or network fails before training, not after.
+    hub_repo_id = None
+    if training_args.push_to_hub:
+        training_args.push_to_hub = False
+        if training_args.process_index == 0:
+            repo_name = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+            hub_repo_id = HfApi(token=training_args.hub_token).create_repo(
+                repo_name, private=training_args.hub_private_repo, exist_ok=True
+            ).repo_id
+
+    last_checkpoint = None
+    if os.path.isdir(training_args.output_dir) and training_args.do_train:
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+            logger.info(
+                "Checkpoint detected, resuming training at %s. Use another --output_dir to start from scratch.",
+                last_checkpoint,
+            )
+
+    set_seed(training_args.seed)
+
+    if model_args.model_name_or_path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    else:
+        tokenizer = build_tokenizer()
+        model = TinyTransformerForConditionalGeneration(new_model_config(model_args, tokenizer))
+    logger.info("Model: %s with %d parameters", model.__class__.__name__, model.num_parameters())
+
+    # While training, generation is bounded by max_length only: Seq2SeqTrainer fills generation_config with the
+    # default max_length=20, and a max_new_tokens next to it would make every generate() call warn.
+    longest_target = target_length(data_args.task, data_args.max_length) + 1  # + </s>
+    model.generation_config.max_new_tokens = None
+    model.generation_config.max_length = longest_target + 1  # + the decoder start token
+
+    with training_args.main_process_first(desc="building and tokenizing the corpus"):
+        corpus = build_corpus(
+            task=data_args.task,
+            seed=training_args.seed,
+            train_size=data_args.train_size,
+            validation_size=data_args.validation_size,
+            test_size=data_args.test_size,
+            min_length=data_args.min_length,
+            max_length=data_args.max_length,
+        )
+        tokenized = tokenize_corpus(corpus, tokenizer, load_from_cache_file=not data_args.overwrite_cache)
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"] if training_args.do_train else None,
+        eval_dataset=tokenized["validation"] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=(
+            (lambda prediction: sequence_metrics(prediction, tokenizer.pad_token_id, tokenizer.eos_token_id))
+            if training_args.predict_with_generate
+            else None
+        ),
+    )
+
+    all_metrics = {}
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = {**train_result.metrics, "train_samples": len(tokenized["train"])}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        metrics["eval_samples"] = len(tokenized["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+    if training_args.do_predict:
+        metrics = trainer.predict(tokenized["test"], metric_key_prefix="test").metrics
+        metrics["test_samples"] = len(tokenized["test"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        all_metrics.update(metrics)
+
+    if training_args.do_train:
+        # Undo what training changed in the configs: the Trainer sets use_cache=False and Seq2SeqTrainer fills the
+        # generation config with defaults. The saved model generates up to the longest target with no warnings.
+        model.config.use_cache = True
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=model.config.decoder_start_token_id,
+            bos_token_id=model.config.bos_token_id,
+            eos_token_id=model.config.eos_token_id,
+            pad_token_id=model.config.pad_token_id,
+            max_new_tokens=longest_target,
+        )
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            output_dir = Path(training_args.output_dir)
+            plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+            attention_example = plot_cross_attention(
+                model, tokenizer, corpus["test"], output_dir / "attention.png"
+            )
+            write_model_card(
+                output_dir / "README.md",
+                model=model,
+                tokenizer=tokenizer,
+                task=data_args.task,
+                min_length=data_args.min_length,
+                max_length=data_args.max_length,
+                training_args=training_args,
+                metrics=all_metrics,
+                argv=argv,
+                base_model=model_args.model_name_or_path,
+                attention_example=attention_example,
+                test_examples=corpus["test"],
+                wall_time=time.perf_counter() - start_time,
+                hub_repo_id=hub_repo_id,
+            )
+            logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
+            if hub_repo_id is not None:
+                push_folder(training_args, hub_repo_id)
+    logger.info("Finished in %.1f s", time.perf_counter() - start_time)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
