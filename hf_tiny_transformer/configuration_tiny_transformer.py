@@ -3,6 +3,7 @@
 This file is copied next to the weights by `save_pretrained`, so it imports only transformers.
 """
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
@@ -109,7 +110,8 @@ class TinyTransformerConfig(PretrainedConfig):
             raise ValueError(f"Invalid TinyTransformer `config.json`: missing field(s) {', '.join(missing)}.")
         try:
             return super().from_dict(config_dict, **kwargs)
-        except ValueError as error:
+        except (ValueError, StrictDataclassError) as error:
+            # StrictDataclassError: transformers 5.17 type-checks the base class's own fields (`is_encoder_decoder`).
             raise ValueError(f"Invalid TinyTransformer `config.json`: {error}") from error
 
     @property
@@ -165,7 +167,7 @@ class TinyTransformerConfig(PretrainedConfig):
         weights_file = getattr(self, "transformers_weights", None)
         if weights_file is not None and not str(weights_file).endswith((".safetensors", ".safetensors.index.json")):
             # transformers loads the file this names, pickles included; TinyTransformer reads safetensors only.
-            print(f"`transformers_weights` must name a safetensors file, got {weights_file!r}.")
+            raise ValueError(f"`transformers_weights` must name a safetensors file, got {weights_file!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             if value is None and name != "pad_token_id":

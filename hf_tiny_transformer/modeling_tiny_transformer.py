@@ -17,6 +17,7 @@ This file is copied next to the weights by `save_pretrained`, so it imports only
 configuration file.
 """
 
+import inspect
 import json
 import math
 import os
@@ -84,6 +85,11 @@ def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, allow_ignore_
         raise ValueError(f"`{name}` must hold at least one token per row and one row, got shape {tuple(ids.shape)}.")
     if is_tracing():
         return
+    # One reduction (and one host read) in the common case, where every id is in range: generate() checks one new
+    # token per step, so this runs once per generated token.
+    lowest, highest = (bound.item() for bound in torch.aminmax(ids))
+    if lowest >= 0 and highest < vocab_size:
+        return
     valid = (ids >= 0) & (ids < vocab_size)
     if allow_ignore_index:
         valid |= ids == -100
@@ -117,8 +123,13 @@ def check_attention_mask(
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"`{name}` must have shape [batch, length] = {(batch_size, length)}, got {shape}.")
-    if is_tracing():
+    if is_tracing() or mask.dtype == torch.bool:
         return
+    if not mask.is_floating_point():
+        # Integer masks are binary exactly when they lie in [0, 1]: one reduction instead of four operations.
+        lowest, highest = (bound.item() for bound in torch.aminmax(mask))
+        if lowest >= 0 and highest <= 1:
+            return
     # Positions are counted with a cumulative sum of the mask: any value other than 0/1 shifts them silently.
     is_binary = (mask == 0) | (mask == 1)
     if not bool(is_binary.all()):
@@ -180,6 +191,28 @@ def build_position_embedding(config: TinyTransformerConfig) -> nn.Module:
     if config.position_embedding_type == "learned":
         return nn.Embedding(config.max_position_embeddings, config.d_model)
     return TinyTransformerSinusoidalPositions(config.max_position_embeddings, config.d_model)
+
+
+def padding_mask(
+    config: TinyTransformerConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    encoder_hidden_states: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The mask of a non-causal attention whose keys `attention_mask` [batch, key] marks 1 (token) or 0 (padding):
+    encoder self-attention, or encoder-decoder attention (keys from `encoder_hidden_states`).
+
+    Built once per forward and shared by every layer, in the cheapest form the attention backend accepts:
+    - no padding: None, for every backend, which then runs its unmasked kernel;
+    - SDPA and eager: the boolean [batch, 1, 1, key] view of the mask, which broadcasts over heads and queries, so no
+      [batch, 1, query, key] tensor is built;
+    - other backends (flash, flex, ...): transformers' `create_bidirectional_mask`, which builds their formats.
+    """
+    if attention_mask is None or (not is_tracing() and bool(attention_mask.all())):
+        return None
+    if config._attn_implementation in ("sdpa", "eager"):
+        return attention_mask[:, None, None, :].bool()
+    return create_bidirectional_mask(config, inputs_embeds, attention_mask, encoder_hidden_states)
 
 
 def eager_attention_forward(
@@ -440,7 +473,8 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         source = str(pretrained_model_name_or_path)
         if pretrained_model_name_or_path is not None:
-            pass
+            check_weights_are_safetensors(pretrained_model_name_or_path, kwargs)
+            kwargs["use_safetensors"] = True
         try:
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path,
@@ -537,7 +571,10 @@ def check_checkpoint_matches_config(loading_info: dict, source: str, ignore_mism
                 f"{key} has shape {tuple(checkpoint_shape)} in the checkpoint but the config gives "
                 f"{tuple(model_shape)} (check {config_fields_for_weight(key, 'shape')})"
             )
-    for problem, where in (("missing", "is missing from the checkpoint"), ("unexpected", "is not in the config's model")):
+    for problem, where in (
+        ("missing", "is missing from the checkpoint"),
+        ("unexpected", "is not in the config's model"),
+    ):
         # One entry per whole layer ("model.encoder.layers.1.*") rather than one per tensor.
         keys = {re.sub(r"(layers\.\d+)\..*", r"\1.*", key) for key in loading_info[f"{problem}_keys"]}
         for key in sorted(keys):
@@ -594,7 +631,7 @@ class TinyTransformerEncoder(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden_states = inputs_embeds + self.embed_positions(position_ids)
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-        self_attention_mask = create_bidirectional_mask(config, inputs_embeds, attention_mask)
+        self_attention_mask = padding_mask(config, inputs_embeds, attention_mask)
 
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -687,14 +724,17 @@ class TinyTransformerDecoder(nn.Module):
         position_ids = torch.arange(target_length, device=inputs_embeds.device) + past_length
         hidden_states = inputs_embeds + self.embed_positions(position_ids)
         hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
-        # Masks are built once per forward and shared by every layer. Positional arguments: the name of the cache
-        # argument differs between transformers 5.x releases.
-        self_attention_mask = create_causal_mask(
-            config, inputs_embeds, attention_mask, cache.self_attention_cache if cache is not None else None
-        )
-        cross_attention_mask = create_bidirectional_mask(
-            config, inputs_embeds, encoder_attention_mask, encoder_hidden_states
-        )
+        # Masks are built once per forward and shared by every layer.
+        if attention_mask is None and target_length == 1 and not (cache is not None and cache.is_compileable):
+            # A cached decoding step: its one query, at the last position, may attend to every key a dynamic cache
+            # holds, so no backend needs a mask (a static cache also holds empty slots, which must be masked).
+            self_attention_mask = None
+        else:
+            # Positional arguments: the name of the cache argument differs between transformers 5.x releases.
+            self_attention_mask = create_causal_mask(
+                config, inputs_embeds, attention_mask, cache.self_attention_cache if cache is not None else None
+            )
+        cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
 
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_self_attentions = [] if output_attentions else None
@@ -818,7 +858,7 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_FIELD: decoder_outputs[CACHE_FIELD] if CACHE_FIELD in decoder_outputs else None},
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -921,10 +961,17 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: outputs[CACHE_FIELD] if CACHE_FIELD in outputs else None},
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 
+
+# generate() reads the forward signature of remote-code models (which ours are, once registered for the Auto classes) at
+# every decoding step, to look for a `cache_position` argument; working it out takes longer than a small model's whole
+# decoding step. A precomputed `__signature__` is what `inspect.signature` returns first.
+TinyTransformerForConditionalGeneration.forward.__signature__ = inspect.signature(
+    TinyTransformerForConditionalGeneration.forward
+)
 
 __all__ = [
     "TinyTransformerPreTrainedModel",
