@@ -37,7 +37,7 @@ PLUS = "+"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(0, 5), "validation": range(5, 10), "train": range(10, 100)}
@@ -86,16 +86,25 @@ def make_example(task: str, rng: np.random.Generator, min_length: int, max_lengt
 def generate_examples(
     task: str, split: str, num_examples: int, min_length: int, max_length: int, seed: int
 ) -> Iterator[dict[str, str]]:
-    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`."""
+    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`.
+
+    Validation and test sources are distinct: where few sources exist (one-digit sums, one-integer sequences),
+    repeats would otherwise fill the evaluation with copies of the same handful of examples.
+    """
     rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
-    found = 0
+    found, seen = 0, set()
     for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
         example = make_example(task, rng, min_length, max_length)
-        if split_of(example["source"]) == split:
-            yield example
-            found += 1
-            if found == num_examples:
-                return
+        if split_of(example["source"]) != split:
+            continue
+        if split != "train":
+            if example["source"] in seen:
+                continue
+            seen.add(example["source"])
+        yield example
+        found += 1
+        if found == num_examples:
+            return
     raise ValueError(
         f"found only {found} of {num_examples} {split} examples for task {task!r} with lengths "
         f"{min_length}..{max_length}: too few distinct sources; widen the length range or ask for fewer examples"

@@ -104,7 +104,8 @@ def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
     if training_args.device.type == "cuda":
         device = torch.cuda.get_device_name(training_args.device)
     else:
-        device = f"CPU with {len(os.sched_getaffinity(0))} cores"
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        device = f"CPU with {cores} cores"
     processes = f"{training_args.world_size} processes" if training_args.world_size > 1 else "1 process"
     return f"{processes} on {device}"
 
@@ -177,6 +178,10 @@ def write_model_card(
     if training_args.world_size > 1:
         command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
     started_from = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
+    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    global_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
 
     def percent(key: str) -> str:
         return f"{100 * metrics[key]:.2f}%" if key in metrics else "not measured"
@@ -194,9 +199,8 @@ def write_model_card(
     body = f"""
 # {name}
 
-A TinyTransformer encoder-decoder that {TASK_DESCRIPTIONS[task]}, {started_from} on a
-synthetic corpus with `train/train.py` of the hf_tiny_transformer project. {model.num_parameters():,} parameters
-({size}).
+A TinyTransformer encoder-decoder that {TASK_DESCRIPTIONS[task]}, {started_from} on a synthetic corpus with
+`train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).
 
 ## Results
 
@@ -207,8 +211,8 @@ Greedy decoding; exact match means the whole output sequence, up to and includin
 | test (held out) | {metrics.get("test_samples", "-")} | {percent("test_exact_match")} | {percent("test_token_accuracy")} |
 | validation | {metrics.get("eval_samples", "-")} | {percent("eval_exact_match")} | {percent("eval_token_accuracy")} |
 
-The whole command took {wall_time / 60:.1f} minutes ({metrics.get("train_runtime", float("nan")):.0f} s of
-training) on {describe_hardware(training_args)}.
+The whole command took {wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
+training, on {describe_hardware(training_args)}.
 
 ## How to use
 
@@ -225,9 +229,9 @@ print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)
 # ['{predictions[0]}']
 ```
 
-**Input format:** {input_format}. Words are separated by any whitespace; anything outside the vocabulary
-(`0`..`99`, `+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it)
-when you batch inputs of different lengths.
+**Input format:** {input_format}. Any whitespace separates words; anything outside the vocabulary (`0`..`99`,
+`+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it) when you batch
+inputs of different lengths.
 
 | input | expected | model output |
 | --- | --- | --- |
@@ -239,21 +243,19 @@ when you batch inputs of different lengths.
 {command}
 ```
 
-- Data: the synthetic `{task}` corpus of `train/data.py`: {min_length}-{max_length}
-  {length_unit}, uniformly random; {metrics.get("train_samples", 0):,} training examples, seed
-  {training_args.seed}. Each source is assigned to train, validation or test by a hash of its text, so no test
-  source occurs in training.
-- Optimisation: AdamW, learning rate {training_args.learning_rate:g} ({training_args.lr_scheduler_type} schedule,
-  {training_args.warmup_steps:g} warmup steps), {training_args.max_steps} steps of
-  {training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size}
-  examples, weight decay {training_args.weight_decay:g}.
+- Data: the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, uniformly
+  random; {metrics.get("train_samples", 0):,} training examples, seed {training_args.seed}. Each source belongs to
+  train, validation or test by a hash of its text, so no test source occurs in training.
+- Optimisation: AdamW, learning rate {training_args.learning_rate:g}, {schedule} schedule with
+  {training_args.warmup_steps:g} warmup steps, {training_args.max_steps} steps of {global_batch} examples, weight
+  decay {training_args.weight_decay:g}.
 
 ![Training and validation curves](training_curves.png)
 
 ## What the model attends to
 
-The encoder-decoder attention weights α' of every decoder layer and head while the model answers the test example
-`{attention_example["source"]}` (expected `{attention_example["target"]}`, generated
+The encoder-decoder attention weights α' of every decoder layer and head while the model answers the test
+example `{attention_example["source"]}` (expected `{attention_example["target"]}`, generated
 `{attention_example["prediction"]}`). Row *i* is the query that produces output token *i*; bright cells are the
 source tokens it reads.
 
@@ -263,10 +265,10 @@ source tokens it reads.
 
 - A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
   loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
-- It was trained on {min_length}-{max_length} {length_unit}; longer inputs are outside the
-  training distribution and generation stops after `max_new_tokens`={model.generation_config.max_new_tokens}
-  tokens.
-- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the same
-  distribution as the training data; they say nothing about other distributions (e.g. long runs of equal numbers).
+- It was trained on {min_length}-{max_length} {length_unit}. Longer inputs are outside the training
+  distribution; the model accepts at most {config.max_position_embeddings} positions, and generation stops after
+  `max_new_tokens`={model.generation_config.max_new_tokens} tokens.
+- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
+  distribution; they say nothing about other distributions (e.g. long runs of one number).
 """
     path.write_text(f"---\n{card_data.to_yaml()}\n---\n{body}")

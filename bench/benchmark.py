@@ -1,0 +1,693 @@
+#!/usr/bin/env python
+"""TinyTransformer against transformers' BART at the same size: training, generation, memory, convergence.
+
+    python bench/benchmark.py --quick                                    # a few minutes: small size, few repeats
+    python bench/benchmark.py --output bench/results/cpu.json            # the full table (under ~10 min on 2 CPUs)
+
+Every figure is a ratio measured in this run against `BartForConditionalGeneration` configured to the same d_model,
+layers, heads, feed-forward width, vocabulary and sequence lengths, on the same inputs. The two models alternate
+(ours, BART, then BART, ours, ...) so that machine noise hits both, and each figure is the median of the repeats.
+Peak memory is measured in a fresh process per model and workload. The device is chosen automatically: CUDA in
+bf16 (autocast for training) with SDPA, or flash attention when `flash_attn` is installed; otherwise CPU in fp32.
+
+The script prints and writes JSON; it never asserts a target (see bench/README.md for the targets).
+"""
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from transformers.utils import is_flash_attn_2_available
+
+from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of these benchmark models
+FIRST_ORDINARY_ID = 5  # random inputs draw ids from [5, vocab_size): no special token, no "+"
+MODEL_NAMES = ("ours", "bart")
+
+
+@dataclass(frozen=True)
+class Size:
+    """One model size; both models get exactly these dimensions."""
+
+    name: str
+    d_model: int
+    layers: int  # encoder layers = decoder layers
+    heads: int
+    ffn_dim: int
+    vocab_size: int = 128
+    max_positions: int = 256  # enough for 256 generated tokens
+    dropout: float = 0.1  # both libraries' default
+
+
+SMALL = Size("small", d_model=128, layers=2, heads=4, ffn_dim=512)
+MEDIUM = Size("medium", d_model=512, layers=6, heads=8, ffn_dim=2048)
+SIZES = {size.name: size for size in (SMALL, MEDIUM)}
+
+
+# ----------------------------------------------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class Device:
+    type: str
+    dtype: torch.dtype  # of generation weights and of the training autocast
+    attn_implementation: str
+
+    @property
+    def autocast(self):
+        return torch.autocast(self.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def pick_device(requested: str | None) -> Device:
+    device_type = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        attn = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+        return Device("cuda", torch.bfloat16, attn)
+    return Device(device_type, torch.float32, "sdpa")
+
+
+def synchronize(device: Device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_models(
+    size: Size, device: Device, seed: int = 0, position_embedding_type: str = "learned"
+) -> dict[str, torch.nn.Module]:
+    """Ours and BART with the same dimensions, GELU, tied embeddings and the same dropout. Ours has learned
+    positions like BART (so the parameter counts match) unless `position_embedding_type` says otherwise; each keeps
+    its own norm placement (ours pre-norm, BART post-norm) and embedding scaling (ours √d, BART none)."""
+    fields = asdict(size)
+    special = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
+    torch.manual_seed(seed)
+    ours = TinyTransformerForConditionalGeneration(
+        TinyTransformerConfig(
+            vocab_size=fields["vocab_size"],
+            d_model=fields["d_model"],
+            encoder_layers=fields["layers"],
+            decoder_layers=fields["layers"],
+            num_attention_heads=fields["heads"],
+            ffn_dim=fields["ffn_dim"],
+            max_position_embeddings=fields["max_positions"],
+            dropout=fields["dropout"],
+            activation_function="gelu",
+            position_embedding_type=position_embedding_type,
+            **special,
+        ),
+    )
+    torch.manual_seed(seed)
+    bart = BartForConditionalGeneration(
+        BartConfig(
+            vocab_size=fields["vocab_size"],
+            d_model=fields["d_model"],
+            encoder_layers=fields["layers"],
+            decoder_layers=fields["layers"],
+            encoder_attention_heads=fields["heads"],
+            decoder_attention_heads=fields["heads"],
+            encoder_ffn_dim=fields["ffn_dim"],
+            decoder_ffn_dim=fields["ffn_dim"],
+            max_position_embeddings=fields["max_positions"],
+            dropout=fields["dropout"],
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            activation_function="gelu",
+            forced_eos_token_id=None,
+            **special,
+        ),
+    )
+    models = {"ours": ours, "bart": bart}
+    for model in models.values():
+        model.set_attn_implementation(device.attn_implementation)
+        model.to(device.type)
+    return models
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())  # tied matrices count once
+
+
+def random_ids(batch: int, length: int, vocab_size: int, device: Device, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(FIRST_ORDINARY_ID, vocab_size, (batch, length), generator=generator).to(device.type)
+
+
+def alternate(functions: dict[str, callable], repeats: int, device: Device) -> dict[str, list[float]]:
+    """Seconds per call of each function: ours, BART, then BART, ours, ... (after one untimed warm-up call each)."""
+    for function in functions.values():
+        function()
+    seconds = {name: [] for name in functions}
+    names = list(functions)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            functions[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarize(seconds: list[float]) -> dict:
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "seconds": seconds}
+
+
+def paired_speedup(seconds: dict[str, list[float]]) -> float:
+    """Median over repeats of BART's time / ours, each repeat's two runs back to back: a slow spell of the machine
+    lasting a few seconds then shifts both runs of a pair instead of one model's median."""
+    return statistics.median(bart / ours for ours, bart in zip(seconds["ours"], seconds["bart"]))
+
+
+# ----------------------------------------------------------------------------------------------------- throughput
+def matmul_peak_flops(device: Device, quick: bool) -> dict:
+    """FLOP/s of a large square torch.matmul in the benchmark's dtype (fp32 on CPU): the machine's practical peak."""
+    n = 8192 if device.type == "cuda" else (1024 if quick else 2048)
+    a = torch.randn(n, n, device=device.type, dtype=device.dtype)
+    b = torch.randn(n, n, device=device.type, dtype=device.dtype)
+    seconds = alternate({"matmul": lambda: torch.matmul(a, b)}, 5 if quick else 9, device)["matmul"]
+    return {"n": n, "dtype": str(device.dtype), "flops_per_s": 2 * n**3 / statistics.median(seconds)}
+
+
+def training_flops_per_step(size: Size, batch: int, source_length: int, target_length: int) -> float:
+    """Forward + backward FLOPs of one step, the same for both models: 3 x (2 x every matmul weight x the tokens it
+    sees + the attention products QKᵀ and αV, counted in full). This is the usual 6·N per token plus attention."""
+    d, f, layers, vocab = size.d_model, size.ffn_dim, size.layers, size.vocab_size
+    source_tokens, target_tokens = batch * source_length, batch * target_length
+    encoder_weights = layers * (4 * d * d + 2 * d * f)  # Q K V O, W_1 W_2
+    decoder_weights = layers * (6 * d * d + 2 * d * f) + d * vocab  # self Q K V O, cross Q O, W_1 W_2, LM head
+    cross_key_value_weights = layers * 2 * d * d  # cross-attention K V, applied to the encoder states
+    matmul = 2 * (source_tokens * (encoder_weights + cross_key_value_weights) + target_tokens * decoder_weights)
+    attention = 4 * d * batch * layers * (source_length**2 + target_length**2 + target_length * source_length)
+    return 3.0 * (matmul + attention)
+
+
+def training_step_function(model, device: Device, inputs: dict, optimizer: torch.optim.Optimizer):
+    def step():
+        with device.autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def make_optimizer(model, learning_rate: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW as the Trainer builds it by default (`adamw_torch_fused`; no decay on biases and norms)."""
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+
+
+def benchmark_training(size: Size, device: Device, peak: float, repeats: int, batch=32, length=64) -> dict:
+    models = build_models(size, device)
+    source = random_ids(batch, length, size.vocab_size, device, seed=1)
+    inputs = {
+        "input_ids": source,
+        "attention_mask": torch.ones_like(source),
+        "labels": random_ids(batch, length, size.vocab_size, device, seed=2),
+    }
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        steps[name] = training_step_function(model, device, inputs, make_optimizer(model))
+    seconds = alternate(steps, repeats, device)
+    flops = training_flops_per_step(size, batch, length, length)
+    result = {"size": size.name, "batch": batch, "source_length": length, "target_length": length}
+    for name in MODEL_NAMES:
+        median = statistics.median(seconds[name])
+        result[name] = {
+            **summarize(seconds[name]),
+            "parameters": count_parameters(models[name]),
+            "tokens_per_s": batch * 2 * length / median,  # source + target tokens
+            "mfu": flops / median / peak,
+        }
+    result["speedup"] = paired_speedup(seconds)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------- generation
+def generation_config(new_tokens: int, num_beams: int) -> GenerationConfig:
+    """Exactly `new_tokens` tokens (EOS is suppressed until then), greedy or beam search, with the KV cache."""
+    return GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        use_cache=True,
+        decoder_start_token_id=BOS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+
+
+def generate_function(model, source: torch.Tensor, config: GenerationConfig):
+    attention_mask = torch.ones_like(source)
+
+    def run():
+        with torch.inference_mode():
+            output = model.generate(input_ids=source, attention_mask=attention_mask, generation_config=config)
+        if output.shape[1] != config.max_new_tokens + 1:  # + the decoder start token
+            raise RuntimeError(f"generated {output.shape[1] - 1} tokens, expected {config.max_new_tokens}")
+
+    return run
+
+
+def prepare_for_generation(models: dict, device: Device) -> None:
+    for model in models.values():
+        model.eval()
+        if device.dtype != torch.float32:
+            model.to(dtype=device.dtype)
+
+
+def benchmark_generation(
+    size: Size, device: Device, cases: list[tuple[int, int]], repeats: int, new_tokens=128, length=64
+) -> list[dict]:
+    """tokens/s for each (batch, num_beams) case; tokens = batch x new tokens (beams are not counted)."""
+    models = build_models(size, device)
+    prepare_for_generation(models, device)
+    results = []
+    for batch, num_beams in cases:
+        source = random_ids(batch, length, size.vocab_size, device, seed=3)
+        config = generation_config(new_tokens, num_beams)
+        runs = {name: generate_function(model, source, config) for name, model in models.items()}
+        seconds = alternate(runs, repeats, device)
+        result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
+        for name in MODEL_NAMES:
+            tokens_per_s = batch * new_tokens / statistics.median(seconds[name])
+            result[name] = {**summarize(seconds[name]), "tokens_per_s": tokens_per_s}
+        result["speedup"] = paired_speedup(seconds)
+        results.append(result)
+    return results
+
+
+def benchmark_per_token_time(size: Size, device: Device, batch: int, repeats: int, length=64) -> dict:
+    """Seconds per generated token (greedy, cached) at 32 and 256 new tokens; a cache keeps the ratio near 1."""
+    models = build_models(size, device)
+    prepare_for_generation(models, device)
+    source = random_ids(batch, length, size.vocab_size, device, seed=4)
+    result = {"size": size.name, "batch": batch}
+    per_token = {}
+    for new_tokens in (32, 256):
+        config = generation_config(new_tokens, num_beams=1)
+        runs = {name: generate_function(model, source, config) for name, model in models.items()}
+        seconds = alternate(runs, repeats, device)
+        for name in MODEL_NAMES:
+            per_token[name, new_tokens] = statistics.median(seconds[name]) / new_tokens
+    for name in MODEL_NAMES:
+        result[name] = {
+            "s_per_token_32": per_token[name, 32],
+            "s_per_token_256": per_token[name, 256],
+            "ratio_256_to_32": per_token[name, 256] / per_token[name, 32],
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------- memory
+def rss_bytes(field: str) -> int:
+    """This process's `VmRSS` (resident now) or `VmHWM` (peak resident) in bytes, from /proc/self/status. Not
+    `ru_maxrss`: the kernel carries the parent's resident size at fork over into it, so every child would report at
+    least the (large) parent's."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+
+def peak_memory_child(spec: dict) -> dict:
+    """Runs in a fresh process: build one model, run the workload, report peak RSS (and peak CUDA memory)."""
+    torch.set_num_threads(spec["threads"])
+    device = pick_device(spec["device"])
+    size = SIZES[spec["size"]]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = rss_bytes("VmRSS")  # torch and transformers imported, no model yet
+    model = build_models(size, device)[spec["model"]]
+    if spec["workload"] == "train":
+        source = random_ids(32, 64, size.vocab_size, device, seed=1)
+        inputs = {"input_ids": source, "attention_mask": torch.ones_like(source), "labels": source}
+        model.train()
+        step = training_step_function(model, device, inputs, make_optimizer(model))
+        for _ in range(2):  # the optimizer state is allocated by the first step
+            step()
+    else:
+        prepare_for_generation({"model": model}, device)
+        source = random_ids(spec["batch"], 64, size.vocab_size, device, seed=3)
+        generate_function(model, source, generation_config(128, spec["num_beams"]))()
+    peak = rss_bytes("VmHWM")
+    result = {"peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "peak_rss_delta_bytes": peak - baseline}
+    if device.type == "cuda":
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def benchmark_memory(workloads: list[dict], device: Device, threads: int) -> list[dict]:
+    """Peak memory of each workload, ours and BART each in its own fresh (spawned) process, one at a time."""
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for workload in workloads:
+        result = dict(workload)
+        for name in MODEL_NAMES:
+            spec = {**workload, "model": name, "device": device.type, "threads": threads}
+            with context.Pool(1) as pool:
+                result[name] = pool.apply(peak_memory_child, (spec,))
+        key = "peak_cuda_bytes" if device.type == "cuda" else "peak_rss_delta_bytes"
+        result["ratio"] = result["ours"][key] / result["bart"][key]
+        results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- convergence
+def load_default_task(test_size: int):
+    """The default task of train/train.py, its data (train/data.py) and its hyper-parameters."""
+    import datasets
+
+    sys.path.insert(0, str(REPO_ROOT / "train"))
+    import train as train_script  # noqa: E402  (train/ holds scripts; tests/conftest.py imports them the same way)
+    from data import build_corpus, build_tokenizer, target_length, tokenize_corpus  # noqa: E402
+
+    datasets.disable_progress_bars()
+
+    task = train_script.DEFAULT_TASK
+    hyper = {**train_script.COMMON_DEFAULTS, **train_script.TASK_DEFAULTS[task]}
+    tokenizer = build_tokenizer()
+    corpus = build_corpus(
+        task,
+        seed=42,  # Seq2SeqTrainingArguments' default seed, which train.py passes to build_corpus
+        train_size=hyper["train_size"],
+        validation_size=1,
+        test_size=test_size,
+        min_length=hyper["min_length"],
+        max_length=hyper["max_length"],
+    )
+    tokenized = tokenize_corpus(corpus, tokenizer)
+    longest_target = target_length(task, hyper["max_length"]) + 1  # + </s>
+    return task, hyper, tokenizer, tokenized, longest_target
+
+
+def pad_batch(rows: list[list[int]], pad: int, device: Device) -> torch.Tensor:
+    longest = max(map(len, rows))
+    return torch.tensor([row + [pad] * (longest - len(row)) for row in rows], device=device.type)
+
+
+def exact_match(
+    model, test_inputs: list[list[int]], test_labels: list[list[int]], device: Device, max_new_tokens: int,
+    batch_size: int,
+) -> float:
+    """Share of test examples whose greedy output, up to and including the first </s>, equals the target (the
+    `exact_match` of train/train.py)."""
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        decoder_start_token_id=BOS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    model.eval()
+    correct = 0
+    with torch.inference_mode(), device.autocast:
+        for start in range(0, len(test_inputs), batch_size):
+            input_ids = pad_batch(test_inputs[start : start + batch_size], PAD, device)
+            attention_mask = (input_ids != PAD).long()
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            for generated, label in zip(output[:, 1:].tolist(), test_labels[start : start + batch_size]):
+                if EOS in generated:
+                    generated = generated[: generated.index(EOS) + 1]
+                correct += generated == label
+    model.train()
+    return correct / len(test_inputs)
+
+
+def benchmark_convergence(device: Device, quick: bool) -> dict:
+    """Train both models on the default task with the same batches and hyper-parameters; evaluate test exact match
+    every `eval_every` steps; report training time (evaluation excluded) and steps to the first evaluation >= 99%."""
+    test_size = 300 if quick else 1000
+    task, hyper, tokenizer, tokenized, longest_target = load_default_task(test_size)
+    max_steps = 150 if quick else hyper["max_steps"]
+    eval_every = 50 if quick else 100
+    batch_size = hyper["per_device_train_batch_size"]
+    size = Size(
+        "default-task",
+        d_model=hyper["d_model"],
+        layers=hyper["encoder_layers"],
+        heads=hyper["num_attention_heads"],
+        ffn_dim=hyper["ffn_dim"],
+        vocab_size=len(tokenizer),
+        dropout=hyper["dropout"],
+    )
+    # Ours as train.py builds it (sinusoidal positions, the config's default); BART has learned positions only.
+    models = build_models(size, device, seed=42, position_embedding_type="sinusoidal")
+    train_split, test_split = tokenized["train"], tokenized["test"]
+    # The same shuffled batches for both models: one permutation of the training set per epoch.
+    generator = torch.Generator().manual_seed(42)
+    epochs = math.ceil(max_steps * batch_size / len(train_split))
+    order = torch.cat([torch.randperm(len(train_split), generator=generator) for _ in range(epochs)]).tolist()
+    train_inputs, train_labels = train_split["input_ids"], train_split["labels"]
+    test_inputs, test_labels = test_split["input_ids"], test_split["labels"]
+
+    def batch_at(step: int) -> dict:
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        input_ids = pad_batch([train_inputs[i] for i in rows], PAD, device)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != PAD).long(),
+            "labels": pad_batch([train_labels[i] for i in rows], -100, device),
+        }
+
+    state = {}
+    for name, model in models.items():
+        model.train()
+        # An untimed forward and backward (no optimizer step, so no change to the weights) takes first-call costs
+        # (allocator growth, lazy initialisation) out of the first timed chunk, which one of the two would pay.
+        with device.autocast:
+            model(**batch_at(0)).loss.backward()
+        model.zero_grad(set_to_none=True)
+        optimizer = make_optimizer(model, hyper["learning_rate"], hyper["weight_decay"])
+        scheduler = transformers.get_scheduler(
+            hyper["lr_scheduler_type"], optimizer, num_warmup_steps=hyper["warmup_steps"], num_training_steps=max_steps
+        )
+        state[name] = {
+            "optimizer": optimizer, "scheduler": scheduler, "train_s": 0.0, "eval_s": 0.0, "curve": [], "reached": None
+        }
+    for start in range(0, max_steps, eval_every):
+        names = list(MODEL_NAMES) if (start // eval_every) % 2 == 0 else list(MODEL_NAMES)[::-1]
+        for name in names:
+            model, run = models[name], state[name]
+            if run["reached"] is not None:
+                continue
+            synchronize(device)
+            begin = time.perf_counter()
+            for step in range(start, min(start + eval_every, max_steps)):
+                with device.autocast:
+                    loss = model(**batch_at(step)).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the Trainer's default max_grad_norm
+                run["optimizer"].step()
+                run["scheduler"].step()
+                run["optimizer"].zero_grad(set_to_none=True)
+            synchronize(device)
+            run["train_s"] += time.perf_counter() - begin
+            begin = time.perf_counter()
+            eval_batch_size = hyper["per_device_eval_batch_size"]
+            score = exact_match(model, test_inputs, test_labels, device, longest_target, eval_batch_size)
+            run["eval_s"] += time.perf_counter() - begin
+            steps_done = min(start + eval_every, max_steps)
+            run["curve"].append({"step": steps_done, "train_s": run["train_s"], "exact_match": score})
+            if score >= 0.99:
+                run["reached"] = {"step": steps_done, "train_s": run["train_s"]}
+    reported_hyperparameters = (
+        "learning_rate", "warmup_steps", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
+        "d_model", "encoder_layers", "num_attention_heads", "ffn_dim", "dropout", "min_length", "max_length",
+    )
+    result = {
+        "task": task,
+        "test_examples": test_size,
+        "max_steps": max_steps,
+        "eval_every": eval_every,
+        "hyperparameters": {name: hyper[name] for name in reported_hyperparameters},
+    }
+    for name in MODEL_NAMES:
+        result[name] = {
+            "reached_99": state[name]["reached"],
+            "curve": state[name]["curve"],
+            "eval_s": state[name]["eval_s"],
+            "parameters": count_parameters(models[name]),
+        }
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ reporting
+def machine_description() -> dict:
+    description = {"platform": platform.platform(), "python": platform.python_version(),
+                   "torch": torch.__version__, "transformers": transformers.__version__,
+                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            description["cpu"] = next(names)
+    except (OSError, StopIteration):
+        description["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        description["gpu"] = torch.cuda.get_device_name()
+    return description
+
+
+def format_table(report: dict) -> str:
+    rows = [("measure", "ours", "BART", "ours/BART", "target")]
+
+    def add(measure, ours, bart, ratio, target=""):
+        rows.append((measure, ours, bart, ratio, target))
+
+    for size, counts in report.get("parameters", {}).items():
+        ratio = counts["ours"] / counts["bart"]
+        add(f"parameters, {size}", f"{counts['ours']:,}", f"{counts['bart']:,}", f"{ratio:.3f}", "within 5%")
+    for result in report.get("training", []):
+        add(f"training tokens/s, {result['size']} (b32, 64+64)", f"{result['ours']['tokens_per_s']:,.0f}",
+            f"{result['bart']['tokens_per_s']:,.0f}", f"{result['speedup']:.2f}x", ">= 1.25x")
+        add(f"training MFU, {result['size']}", f"{result['ours']['mfu']:.1%}", f"{result['bart']['mfu']:.1%}",
+            f"{result['ours']['mfu'] / result['bart']['mfu']:.2f}x")
+    for result in report.get("generation", []):
+        kind = "greedy" if result["num_beams"] == 1 else f"{result['num_beams']}-beam"
+        add(f"generation tokens/s, {result['size']}, {kind}, batch {result['batch']}",
+            f"{result['ours']['tokens_per_s']:,.0f}", f"{result['bart']['tokens_per_s']:,.0f}",
+            f"{result['speedup']:.2f}x", ">= 1.25x" if kind == "greedy" else "")
+    for result in report.get("per_token", []):
+        add(f"per-token time 256 / 32 tokens, {result['size']}, batch {result['batch']}",
+            f"{result['ours']['ratio_256_to_32']:.2f}", f"{result['bart']['ratio_256_to_32']:.2f}", "", "<= 1.5 (ours)")
+        milliseconds = {
+            name: f"{result[name]['s_per_token_32'] * 1e3:.2f} / {result[name]['s_per_token_256'] * 1e3:.2f}"
+            for name in MODEL_NAMES
+        }
+        add("  ms per token at 32 / at 256", milliseconds["ours"], milliseconds["bart"], "")
+    for result in report.get("memory", []):
+        if result["workload"] == "train":
+            what = f"peak memory, training {result['size']}"
+        else:
+            what = f"peak memory, generation {result['size']} b{result['batch']} beams {result['num_beams']}"
+        key = "peak_cuda_bytes" if "peak_cuda_bytes" in result["ours"] else "peak_rss_delta_bytes"
+        unit = "CUDA" if key == "peak_cuda_bytes" else "RSS over baseline"
+        add(f"{what} ({unit}), MiB", f"{result['ours'][key] / 2**20:,.0f}", f"{result['bart'][key] / 2**20:,.0f}",
+            f"{result['ratio']:.2f}x", "<= 1.00x" if result["workload"] == "train" else "")
+    convergence = report.get("convergence")
+    if convergence:
+        reached = {name: convergence[name]["reached_99"] for name in MODEL_NAMES}
+
+        def describe(name):
+            if reached[name] is None:
+                best = max((point["exact_match"] for point in convergence[name]["curve"]), default=0.0)
+                return f"not in {convergence['max_steps']} steps (best {best:.1%})"
+            return f"{reached[name]['train_s']:.0f} s / {reached[name]['step']} steps"
+
+        ratio = ""
+        if all(reached.values()):
+            ratio = f"{reached['ours']['train_s'] / reached['bart']['train_s']:.2f}x time"
+        what = f"time/steps to 99% test exact match ({convergence['task']})"
+        add(what, describe("ours"), describe("bart"), ratio, "<= 1.00x time")
+    widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(str(cell).ljust(width) if column == 0 else str(cell).rjust(width)
+                               for column, (cell, width) in enumerate(zip(row, widths))))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small size only, few repeats, short convergence run")
+    parser.add_argument("--output", type=Path, help="write the JSON report here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument(
+        "--sections", default="training,generation,memory,convergence",
+        help="comma-separated subset of: training, generation, memory, convergence",
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"training", "generation", "memory", "convergence"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    transformers.logging.set_verbosity_error()
+    device = pick_device(args.device)
+    quick = args.quick
+    sizes = [SMALL] if quick else [SMALL, MEDIUM]
+    started = time.perf_counter()
+    report = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "machine": machine_description(),
+        "device": {"type": device.type, "dtype": str(device.dtype), "attn_implementation": device.attn_implementation},
+        "load_average_start": os.getloadavg(),
+    }
+
+    def progress(message):
+        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    report["parameters"] = {}
+    for size in sizes:
+        models = build_models(size, device)
+        report["parameters"][size.name] = {name: count_parameters(model) for name, model in models.items()}
+    if "training" in sections:
+        progress("matmul peak")
+        report["matmul_peak"] = matmul_peak_flops(device, quick)
+        report["training"] = []
+        for size in sizes:
+            progress(f"training, {size.name}")
+            repeats = 5 if quick else (9 if size is SMALL else 4)
+            report["training"].append(benchmark_training(size, device, report["matmul_peak"]["flops_per_s"], repeats))
+    if "generation" in sections:
+        report["generation"], report["per_token"] = [], []
+        for size in sizes:
+            progress(f"generation, {size.name}")
+            cases = [(1, 1), (32, 1), (1, 4), (32, 4)] if size is SMALL else [(1, 1), (32, 1)]
+            repeats = 3 if quick or size is MEDIUM else 11
+            report["generation"] += benchmark_generation(size, device, cases, repeats)
+        progress("per-token time at 32 and 256 tokens")
+        report["per_token"].append(benchmark_per_token_time(SMALL, device, batch=1, repeats=3 if quick else 9))
+    if "memory" in sections:
+        progress("peak memory (one fresh process per model and workload)")
+        workloads = [{"workload": "train", "size": size.name} for size in sizes]
+        workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
+        report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
+    if "convergence" in sections:
+        progress("time to 99% exact match on the default task")
+        report["convergence"] = benchmark_convergence(device, quick)
+    report["load_average_end"] = os.getloadavg()
+    report["wall_s"] = time.perf_counter() - started
+    table = format_table(report)
+    report["table"] = table
+    machine = report["machine"]
+    print(
+        f"{report['date']}  {machine.get('gpu', machine['cpu'])}, {machine['cpu_count']} CPUs, "
+        f"{machine['torch_threads']} torch threads; torch {machine['torch']}, "
+        f"transformers {machine['transformers']}; {device.type} {report['device']['dtype']}, "
+        f"attention {device.attn_implementation}; load average {report['load_average_start'][0]:.1f} -> "
+        f"{report['load_average_end'][0]:.1f}; {report['mode']} run, {report['wall_s']:.0f} s"
+    )
+    print(table)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""train/train.py end to end: arguments, a short run that learns, resume, fine-tune, 2 processes, and loading the
+result folder in a fresh Python process that cannot import hf_tiny_transformer."""
+
+import json
+import os
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+import train
+from data import generate_examples
+
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "train" / "train.py"
+# Copy of 1-4 integers with a small model: learnt in a few hundred steps, seconds of CPU.
+TINY = [
+    "--task", "copy", "--min_length", "1", "--max_length", "4",
+    "--train_size", "4000", "--validation_size", "64", "--test_size", "128",
+    "--d_model", "64", "--encoder_layers", "2", "--decoder_layers", "2", "--num_attention_heads", "4",
+    "--ffn_dim", "128", "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "128",
+    "--learning_rate", "1e-3", "--warmup_steps", "50", "--logging_steps", "10", "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def environment(tmp: Path) -> dict[str, str]:
+    """No network, caches under `tmp`, and the repository importable (as an installed package would be)."""
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp / "hf_home"),
+        "HF_DATASETS_CACHE": str(tmp / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run_training(tmp: Path, *flags: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
+    """Run train.py in a new process; return its combined output, failing the test with it if the run fails."""
+    completed = subprocess.run(
+        [*launcher, str(TRAIN_SCRIPT), *flags],
+        env=environment(tmp),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-5000:]
+    return output
+
+
+def log_history(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short run shared by the tests that inspect, fine-tune or load its result."""
+    tmp = tmp_path_factory.mktemp("trained")
+    output_dir = tmp / "copy-model"
+    run_training(
+        tmp, *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
+        "--save_steps", "100", "--eval_on_start", "true",
+    )  # fmt: skip
+    return output_dir
+
+
+# Arguments: parsed in-process, no training.
+
+
+def test_flags_not_given_take_the_task_defaults_and_given_flags_win():
+    model_args, data_args, training_args = train.parse_arguments(["--task", "sort"])
+    defaults = {**train.COMMON_DEFAULTS, **train.TASK_DEFAULTS["sort"]}
+    assert training_args.output_dir == "outputs/tiny-transformer-sort"
+    assert training_args.max_steps == defaults["max_steps"]
+    assert training_args.learning_rate == defaults["learning_rate"]
+    assert (data_args.max_length, model_args.d_model) == (defaults["max_length"], defaults["d_model"])
+    assert training_args.predict_with_generate and training_args.do_train and training_args.do_predict
+    model_args, data_args, training_args = train.parse_arguments(
+        ["--task", "sort", "--max_steps", "7", "--d_model", "48", "--output_dir", "elsewhere", "--max_length", "9"]
+    )
+    assert (training_args.max_steps, model_args.d_model, training_args.output_dir) == (7, 48, "elsewhere")
+    assert data_args.max_length == 9
+
+
+def test_no_arguments_select_the_default_task():
+    _, data_args, training_args = train.parse_arguments([])
+    assert data_args.task == train.DEFAULT_TASK
+    assert training_args.output_dir == f"outputs/tiny-transformer-{train.DEFAULT_TASK}"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--task", "divide"], "invalid choice: 'divide'"),
+        (["--train_size", "-5"], "--train_size must be at least 1; got -5"),
+        (["--min_length", "0"], "--min_length must be at least 1; got 0"),
+        (["--min_length", "9", "--max_length", "3"], "--max_length (3) must be at least --min_length (9)"),
+        (["--d_model", "-8"], "`d_model` must be a positive integer, got -8"),
+        (["--d_model", "30", "--num_attention_heads", "4"], "must be divisible by `num_attention_heads`"),
+        (["--max_length", "70"], "more than the model's max_position_embeddings (64)"),
+        (["--task", "add", "--max_length", "10", "--max_position_embeddings", "16"], "add sequences of 22 tokens"),
+        (["--model_name_or_path", "some/model", "--d_model", "64"], "--d_model cannot be combined with"),
+    ],
+)
+def test_nonsense_arguments_stop_with_one_clear_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.parse_arguments(flags)
+    assert stopped.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+# End to end: new processes, as users run the script.
+
+
+@pytest.mark.slow
+def test_short_run_learns(trained):
+    history = log_history(trained)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    exact = [entry["eval_exact_match"] for entry in history if "eval_exact_match" in entry]
+    assert losses[-1] < 0.3 * losses[0]
+    assert exact[0] < 0.05  # eval_on_start: the untrained model
+    assert exact[-1] > 0.9
+    test = json.loads((trained / "test_results.json").read_text())
+    assert test["test_exact_match"] > 0.9 and test["test_token_accuracy"] > 0.95
+
+
+@pytest.mark.slow
+def test_result_folder_is_ready_to_share(trained):
+    for name in (
+        "model.safetensors", "config.json", "generation_config.json", "configuration_tiny_transformer.py",
+        "modeling_tiny_transformer.py", "tokenizer.json", "tokenizer_config.json", "README.md", "test_results.json",
+    ):  # fmt: skip
+        assert (trained / name).is_file(), name
+    for figure in ("training_curves.png", "attention.png"):
+        assert (trained / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((trained / "config.json").read_text())
+    assert config["use_cache"] is True
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
+    generation = json.loads((trained / "generation_config.json").read_text())
+    assert generation["max_new_tokens"] == 5 and "max_length" not in generation  # 4 integers + </s>
+
+    card = ModelCard.load(trained / "README.md")
+    assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
+    assert "copy" in card.data.tags and card.data.datasets
+    test_exact_match = json.loads((trained / "test_results.json").read_text())["test_exact_match"]
+    exact_match = next(result for result in card.data.eval_results if result.metric_type == "exact_match")
+    assert exact_match.metric_value == round(test_exact_match, 4) and exact_match.dataset_split == "test"
+    for text in ("python train/train.py --task copy", "![Training and validation curves](training_curves.png)",
+                 "![Cross-attention weights](attention.png)", "## Intended use and limitations",
+                 "separated by spaces"):  # fmt: skip
+        assert text in card.text
+
+
+@pytest.mark.slow
+def test_rerun_resumes_from_the_last_checkpoint_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+    output_dir = tmp_path / "resumed"
+    flags = [*TINY, "--output_dir", str(output_dir), "--max_steps", "40", "--save_steps", "20", "--eval_steps", "40"]
+    run_training(tmp_path, *flags)
+    uninterrupted = load_file(output_dir / "model.safetensors")
+    # Make it look like a run stopped after step 20: no final model, no later checkpoint.
+    for path in [output_dir / "checkpoint-40", *output_dir.glob("*.safetensors")]:
+        subprocess.run(["rm", "-r", str(path)], check=True)
+
+    output = run_training(tmp_path, *flags)
+    assert f"Checkpoint detected, resuming training at {output_dir / 'checkpoint-20'}" in output
+    resumed = load_file(output_dir / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6)
+    steps = [entry["step"] for entry in log_history(output_dir) if "loss" in entry]
+    assert steps == list(range(10, 41, 10))  # each step logged once: 1-20 from the checkpoint, 21-40 resumed
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
+    output_dir = tmp_path / "fine-tuned"
+    flags = list(TINY)
+    # Size flags belong to a new model; the checkpoint brings its own.
+    for name in ("--d_model", "--encoder_layers", "--decoder_layers", "--num_attention_heads", "--ffn_dim"):
+        index = flags.index(name)
+        del flags[index : index + 2]
+    run_training(
+        tmp_path, *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
+        "--max_steps", "20", "--eval_steps", "20", "--eval_on_start", "true", "--learning_rate", "1e-4",
+    )  # fmt: skip
+    start = next(entry for entry in log_history(output_dir) if "eval_exact_match" in entry)
+    assert start["step"] == 0 and start["eval_exact_match"] > 0.9  # a new model would score 0
+    assert json.loads((output_dir / "config.json").read_text())["d_model"] == 64
+    assert (output_dir / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
+
+
+PROBE = """
+import hashlib, json, sys
+import torch
+sys.path.insert(0, {train_dir!r})
+import train
+
+trainer = train.main(sys.argv[1:])
+args = trainer.args
+parameters = torch.cat([parameter.detach().flatten() for parameter in trainer.model.parameters()])
+report = {{
+    "rank": args.process_index,
+    "world_size": args.world_size,
+    "parallel_mode": args.parallel_mode.value,
+    "per_device_batch": args.per_device_train_batch_size,
+    "batches_per_rank": len(trainer.get_train_dataloader()),
+    "global_step": trainer.state.global_step,
+    "parameters_sha256": hashlib.sha256(parameters.numpy().tobytes()).hexdigest(),
+}}
+with open(f"{{args.output_dir}}/rank{{args.process_index}}.json", "w") as file:
+    json.dump(report, file)
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_share_the_batch_and_keep_identical_weights(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE.format(train_dir=str(REPO / "train")))
+    output_dir = tmp_path / "ddp"
+    flags = [*TINY, "--output_dir", str(output_dir), "--train_size", "256", "--per_device_train_batch_size", "8",
+             "--max_steps", "-1", "--num_train_epochs", "1", "--eval_strategy", "no", "--use_cpu", "true",
+             "--ddp_find_unused_parameters", "false"]  # fmt: skip
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    completed = subprocess.run(
+        [*torchrun, str(probe), *flags], env=environment(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
+    reports = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, report in enumerate(reports):
+        assert (report["rank"], report["world_size"], report["parallel_mode"]) == (rank, 2, "distributed")
+        # Each rank sees half of the 256 examples, 8 at a time: every optimizer step consumes 2 x 8 examples.
+        assert report["batches_per_rank"] == 256 // (2 * 8)
+        assert report["global_step"] == 256 // (2 * 8)
+    assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
+    assert json.loads((output_dir / "test_results.json").read_text())["test_exact_match"] >= 0
+
+
+FRESH_LOAD = """
+import json, sys
+# Behave as if hf_tiny_transformer were not installed, whatever this machine has (an editable install, a path).
+import os
+sys.modules["hf_tiny_transformer"] = None
+sys.path = [entry for entry in sys.path if os.path.realpath(entry or ".") not in {source_folders!r}]
+try:
+    import hf_tiny_transformer
+    raise SystemExit("hf_tiny_transformer is importable")
+except ImportError:
+    pass
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
+model = AutoModelForSeq2SeqLM.from_pretrained({folder!r}, trust_remote_code=True)
+sources = json.loads(sys.argv[1])
+generated = model.generate(**tokenizer(sources, return_tensors="pt", padding=True))
+print(json.dumps({{
+    "module": type(model).__module__,
+    "predictions": tokenizer.batch_decode(generated, skip_special_tokens=True),
+}}))
+"""
+
+
+@pytest.mark.slow
+def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_examples(trained, tmp_path):
+    # Sources that hash into the test split never occur in any training split (see data.py).
+    held_out = [example["source"] for example in generate_examples("copy", "test", 32, 1, 4, seed=1234)]
+    source_folders = {os.path.realpath(REPO / name) for name in ("", "train", "tests", "hf_tiny_transformer")}
+    script = FRESH_LOAD.format(source_folders=source_folders, folder=str(trained))
+    env = {key: value for key, value in environment(tmp_path).items() if key != "PYTHONPATH"}
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", script, json.dumps(held_out)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules.")  # the code stored in the folder, not ours
+    correct = sum(prediction == source for prediction, source in zip(result["predictions"], held_out))
+    assert correct >= 0.9 * len(held_out)
+    # The saved generation config is clean: no max_length / max_new_tokens conflict warning.
+    assert "max_length" not in completed.stderr
+
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_the_finished_folder_once(monkeypatch, tmp_path):
+    calls = []
+
+    class RecordingHfApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id))
+            return SimpleNamespace(repo_id=f"someone/{repo_id}")
+
+        def upload_folder(self, *, repo_id, folder_path, commit_message, ignore_patterns, revision):
+            folder = Path(folder_path)
+            uploaded = sorted(
+                str(path.relative_to(folder)) for path in folder.rglob("*")
+                if path.is_file() and not any(fnmatch(str(path.relative_to(folder)), p) for p in ignore_patterns)
+            )  # fmt: skip
+            calls.append(("upload_folder", repo_id, uploaded, (folder / "README.md").read_text()))
+
+    monkeypatch.setattr(train, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    output_dir = tmp_path / "pushed"
+    train.main([*TINY, "--output_dir", str(output_dir), "--max_steps", "10", "--save_steps", "5", "--eval_steps", "10",
+                "--push_to_hub", "true", "--hub_model_id", "tiny-copy"])  # fmt: skip
+
+    assert [call[0] for call in calls] == ["create_repo", "upload_folder"]
+    _, repo_id, uploaded, card = calls[1]
+    assert repo_id == "someone/tiny-copy"
+    assert not [name for name in uploaded if name.startswith("checkpoint-")]
+    for name in ("model.safetensors", "config.json", "modeling_tiny_transformer.py", "tokenizer.json",
+                 "generation_config.json", "README.md", "training_curves.png", "attention.png", "test_results.json"):
+        assert name in uploaded  # fmt: skip
+    assert 'from_pretrained("someone/tiny-copy", trust_remote_code=True)' in card
