@@ -91,7 +91,7 @@ def test_examples_are_typed_as_a_person_would():
 
 
 def test_a_split_without_sources_fails_clearly_instead_of_looping(monkeypatch):
-    monkeypatch.setattr(data, "SPLIT_BUCKETS", {"test": range(0), "validation": range(0, 10), "train": range(10, 100)})
+    monkeypatch.setattr(data, "SPLIT_BUCKETS", {"test": range(0), "validation": range(10), "train": range(10, 100)})
     with pytest.raises(ValueError, match="too few distinct sources"):
         list(generate_examples("copy", "test", 1, 1, 1, seed=0))
 
@@ -127,8 +127,9 @@ def test_second_run_with_the_same_arguments_reuses_the_cache(tmp_path):
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "train"),
     }
+
     def run() -> subprocess.CompletedProcess:
-        completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+        completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
         assert completed.returncode == 0, completed.stderr
         return completed
 

@@ -14,7 +14,7 @@ For `add` the words are decimal digits, so the same vocabulary serves every task
 fine-tuned on any other task.
 
 Which split an example belongs to is decided by a hash of its source text, not by the random draw, so a test
-source never appears in train, whatever the seed or the split sizes.
+source never appears in train, whatever the seed or the split sizes. Validation and test never repeat a source.
 """
 
 import hashlib
@@ -29,7 +29,6 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-
 TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
@@ -40,7 +39,7 @@ VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALU
 CORPUS_VERSION = 2
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
-SPLIT_BUCKETS = {"test": range(0, 5), "validation": range(5, 10), "train": range(10, 100)}
+SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
 # How many draws per requested example before giving up: a bucket holds ~5% of the sources, so ~20 draws are
 # expected per test example; only a length range with almost no distinct sources needs more.
 MAX_DRAWS_PER_EXAMPLE = 200

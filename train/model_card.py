@@ -27,7 +27,9 @@ def plot_training_curves(log_history: list[dict], path: Path) -> None:
     if train:
         loss_axes.plot(*zip(*train), label="training loss")
     if evaluation:
-        loss_axes.plot([e["step"] for e in evaluation], [e["eval_loss"] for e in evaluation], "o-", label="validation loss")
+        loss_axes.plot(
+            [e["step"] for e in evaluation], [e["eval_loss"] for e in evaluation], "o-", label="validation loss"
+        )
     loss_axes.set_yscale("log")
     loss_axes.set_xlabel("step")
     loss_axes.set_ylabel("cross-entropy per target token")
@@ -166,8 +168,15 @@ def write_model_card(
     config = model.config
     size = ", ".join(
         f"{field} {getattr(config, field)}"
-        for field in ("d_model", "encoder_layers", "decoder_layers", "num_attention_heads", "ffn_dim",
-                      "position_embedding_type", "norm_position")
+        for field in (
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "num_attention_heads",
+            "ffn_dim",
+            "position_embedding_type",
+            "norm_position",
+        )
         if hasattr(config, field)
     )
     load_path = hub_repo_id or str(Path(training_args.output_dir))

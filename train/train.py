@@ -45,11 +45,12 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
+from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
+
+# Modules next to this script (train/ is on sys.path when it runs).
 from checkpoints import last_complete_checkpoint  # noqa: E402
 from data import TASKS, build_corpus, build_tokenizer, source_length, target_length, tokenize_corpus  # noqa: E402
-from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 from model_card import plot_cross_attention, plot_training_curves, write_model_card  # noqa: E402
-
 
 logger = logging.getLogger(__name__)
 
@@ -336,9 +337,11 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         training_args.push_to_hub = False
         if training_args.process_index == 0:
             repo_name = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
-            hub_repo_id = HfApi(token=training_args.hub_token).create_repo(
-                repo_name, private=training_args.hub_private_repo, exist_ok=True
-            ).repo_id
+            hub_repo_id = (
+                HfApi(token=training_args.hub_token)
+                .create_repo(repo_name, private=training_args.hub_private_repo, exist_ok=True)
+                .repo_id
+            )
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train:
@@ -436,9 +439,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         if trainer.is_world_process_zero():
             output_dir = Path(training_args.output_dir)
             plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
-            attention_example = plot_cross_attention(
-                model, tokenizer, corpus["test"], output_dir / "attention.png"
-            )
+            attention_example = plot_cross_attention(model, tokenizer, corpus["test"], output_dir / "attention.png")
             write_model_card(
                 output_dir / "README.md",
                 model=model,
