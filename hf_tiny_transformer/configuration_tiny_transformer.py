@@ -9,9 +9,8 @@ from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 NORM_POSITIONS = ("pre", "post")
-# Fields that decide what function the saved weights compute: a saved `config.json` must state each of them, since a
-# default silently standing in for a missing one (say `activation_function`) would give wrong outputs, not an error.
-ARCHITECTURE_FIELDS = (
+# Sizes: each a positive integer.
+SIZE_FIELDS = (
     "vocab_size",
     "d_model",
     "encoder_layers",
@@ -19,6 +18,10 @@ ARCHITECTURE_FIELDS = (
     "num_attention_heads",
     "ffn_dim",
     "max_position_embeddings",
+)
+# Fields that decide what function the saved weights compute: a saved `config.json` must state each of them, since a
+# default silently standing in for a missing one (say `activation_function`) would give wrong outputs, not an error.
+ARCHITECTURE_FIELDS = SIZE_FIELDS + (
     "activation_function",
     "position_embedding_type",
     "norm_position",
@@ -121,15 +124,7 @@ class TinyTransformerConfig(PretrainedConfig):
 
     def validate_tiny_transformer(self) -> None:
         """Raise `ValueError` naming the first field whose value is out of its allowed range."""
-        for name in (
-            "vocab_size",
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "num_attention_heads",
-            "ffn_dim",
-            "max_position_embeddings",
-        ):
+        for name in SIZE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
