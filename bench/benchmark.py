@@ -2,7 +2,7 @@
 """TinyTransformer against transformers' BART at the same size: training, generation, memory, convergence.
 
     python bench/benchmark.py --quick                                    # a few minutes: small size, few repeats
-    python bench/benchmark.py --output bench/results/cpu.json            # the full table (under ~10 min on 2 CPUs)
+    python bench/benchmark.py --output bench/results/cpu-fp32.json       # the full table (~10 min on 2 quiet CPU cores)
 
 Every figure is a ratio measured in this run against `BartForConditionalGeneration` configured to the same d_model,
 layers, heads, feed-forward width, vocabulary and sequence lengths, on the same inputs. The two models alternate

@@ -967,8 +967,8 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
 
 
 # generate() reads the forward signature of remote-code models (which ours are, once registered for the Auto classes) at
-# every decoding step, to look for a `cache_position` argument; working it out takes longer than a small model's whole
-# decoding step. A precomputed `__signature__` is what `inspect.signature` returns first.
+# every decoding step, to look for a `cache_position` argument. Working it out costs about 0.1 ms, a tenth of a small
+# model's decoding step on a CPU; a precomputed `__signature__` is what `inspect.signature` returns first (0.015 ms).
 TinyTransformerForConditionalGeneration.forward.__signature__ = inspect.signature(
     TinyTransformerForConditionalGeneration.forward
 )
