@@ -310,7 +310,12 @@ class TinyTransformerAttention(nn.Module):
 
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
-            # Only the eager path materialises α; it understands the eager and the SDPA mask formats.
+            # Only the eager path materialises α; it understands the eager and the SDPA mask formats, not the masks
+            # built for flash (2-D) or flex (BlockMask).
+            if implementation not in ("eager", "sdpa"):
+                raise ValueError(
+                    f"`output_attentions=True` needs attn_implementation 'eager' or 'sdpa', got {implementation!r}."
+                )
             attention_function: Callable = eager_attention_forward
         else:
             attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)

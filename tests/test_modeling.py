@@ -198,3 +198,11 @@ def test_flex_attention_matches_sdpa_if_available(make_model, batch):
         pytest.skip(f"flex attention unavailable here: {error}")
     with torch.no_grad():  # flex attention has no CPU backward
         torch.testing.assert_close(flex(**kwargs).logits, model(**kwargs).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_output_attentions_under_a_backend_without_weights_is_a_clear_error(make_model):
+    model = make_model()
+    attention = model.model.encoder.layers[0].self_attn
+    model.config._attn_implementation = "flex_attention"  # its BlockMask cannot feed the eager path that returns α
+    with pytest.raises(ValueError, match="output_attentions"):
+        attention(torch.randn(1, 3, model.config.d_model), None, output_attentions=True)
