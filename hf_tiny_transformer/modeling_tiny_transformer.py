@@ -31,7 +31,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -65,6 +65,10 @@ HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revis
 
 # Keyword arguments that generate() and the Trainer may pass and that TinyTransformer has no use for.
 IGNORED_FORWARD_KWARGS = {"decoder_position_ids", "position_ids", "token_type_ids", "is_first_iteration"}
+
+# Keyword arguments generate() keeps between decoding steps that the forward does not take (as in transformers'
+# general `prepare_inputs_for_generation`).
+GENERATION_KWARGS_NOT_FOR_FORWARD = {"labels", "next_sequence_length", "is_first_iteration"}
 
 
 def is_tracing() -> bool:
@@ -108,12 +112,18 @@ def check_embeddings(embeds: torch.Tensor, name: str, d_model: int) -> None:
 
 
 def check_attention_mask(
-    mask: torch.Tensor | None, name: str, batch_size: int, length: int, allow_4d: bool = False
+    mask: torch.Tensor | None,
+    name: str,
+    batch_size: int,
+    length: int,
+    allow_4d: bool = False,
+    check_values: bool = True,
 ) -> None:
     """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding).
 
     `allow_4d` also accepts a ready-made [batch, 1, query, key] mask; only the decoder's self-attention can use one
-    (the encoder derives positions from its 2-D mask).
+    (the encoder derives positions from its 2-D mask). `check_values=False` checks the shape only, for a mask whose
+    values were checked before (the encoder mask at a later decoding step), as reading them costs a host sync.
     """
     if mask is None:
         return
@@ -123,7 +133,7 @@ def check_attention_mask(
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"`{name}` must have shape [batch, length] = {(batch_size, length)}, got {shape}.")
-    if is_tracing() or mask.dtype == torch.bool:
+    if not check_values or is_tracing() or mask.dtype == torch.bool:
         return
     if not mask.is_floating_point():
         # Integer masks are binary exactly when they lie in [0, 1]: one reduction instead of four operations.
@@ -143,6 +153,27 @@ def check_length(length: int, config: TinyTransformerConfig, name: str) -> None:
             f"`{name}` reaches position {length}, beyond `max_position_embeddings` "
             f"({config.max_position_embeddings}); shorten the input or build a model with a longer position table."
         )
+
+
+def apply_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability `p` and scale the others by 1 / (1 - p).
+
+    On CPU, torch's dropout draws one Bernoulli sample per element, which was 13% of a small model's training step
+    (bench/README.md). Here one 64-bit random integer holds the 16-bit uniform draws of four elements, and an element
+    is kept when its draw is at least round(p · 2¹⁶): p is rounded to a multiple of 2⁻¹⁶ (at most 7.7e-6 off). The
+    result is x · keep · scale, computed by the op torch's own dropout uses for its backward, whose gradient is again
+    grad · keep · scale, so autograd keeps only the boolean mask, as `F.dropout` does. Other devices and compiled
+    graphs have fused dropout kernels of their own and use `F.dropout`.
+    """
+    if not training or p == 0.0:
+        return hidden_states
+    if hidden_states.device.type != "cpu" or is_tracing():
+        return F.dropout(hidden_states, p=p, training=True)
+    count = hidden_states.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=hidden_states.device).random_(-(2**63), 2**63 - 1)
+    draws = words.view(torch.int16)[:count].view(hidden_states.shape)  # uniform over [-2¹⁵, 2¹⁵)
+    keep = draws >= round(p * 2**16) - 2**15
+    return hidden_states * torch.where(keep, 1.0 / (1.0 - p), 0.0).to(hidden_states.dtype)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -244,9 +275,84 @@ def eager_attention_forward(
         else:
             scores = scores + attention_mask[..., :key_length]
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # α = row softmax(S)
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = apply_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value)  # O = αV
     return output.transpose(1, 2).contiguous(), weights
+
+
+
+class InPlaceAppendLayer(DynamicLayer):
+    """A self-attention cache layer that appends each step's keys and values in place.
+
+    transformers' `DynamicLayer` concatenates the new token onto the whole cache at every step, copying all of it:
+    a fifth of a small model's decoding step at batch 32 on a CPU. This layer writes the new keys and values into a
+    buffer with room to spare (grown 64 positions at a time, so at most 63 are unused) and returns views of its
+    filled part, so a step copies only its own token. When anything outside replaces `keys`/`values` (cropping,
+    offloading, batch selection), the next update copies them into a new buffer; beam reordering reorders the buffer.
+    Used under `torch.no_grad()`/`inference_mode()` only: with autograd on, writing into a buffer that earlier steps
+    read would break their backward, so those updates concatenate as `DynamicLayer` does.
+    """
+
+    growth = 64  # positions added per reallocation
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+        self.length = 0  # filled positions of the buffers
+        self.views: tuple[torch.Tensor, torch.Tensor] | None = None  # the (keys, values) this layer last returned
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if not self.holds_its_views():
+            # First update, or `keys` was replaced from outside: what it holds becomes the filled part of a new buffer.
+            self.length = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+            self.key_buffer = self.value_buffer = None
+        filled = self.length + key_states.shape[-2]
+        if self.key_buffer is None or filled > self.key_buffer.shape[-2]:
+            capacity = -(-filled // self.growth) * self.growth
+            self.key_buffer = self.reallocate(self.keys, key_states, capacity)
+            self.value_buffer = self.reallocate(self.values, value_states, capacity)
+        self.key_buffer[:, :, self.length : filled] = key_states
+        self.value_buffer[:, :, self.length : filled] = value_states
+        self.length = filled
+        self.keys, self.values = self.views = self.key_buffer[:, :, :filled], self.value_buffer[:, :, :filled]
+        return self.keys, self.values
+
+    def holds_its_views(self) -> bool:
+        """Whether `keys` and `values` are still the buffer views this layer returned (nothing replaced them)."""
+        return self.views is not None and self.keys is self.views[0] and self.values is self.views[1]
+
+    def reallocate(self, old: torch.Tensor, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        batch_size, num_heads, _, head_dim = new.shape
+        buffer = new.new_empty(batch_size, num_heads, capacity, head_dim)
+        if self.length:
+            buffer[:, :, : self.length] = old[:, :, : self.length]
+        return buffer
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.holds_its_views():
+            self.key_buffer = self.key_buffer.index_select(0, beam_idx.to(self.key_buffer.device))
+            self.value_buffer = self.value_buffer.index_select(0, beam_idx.to(self.value_buffer.device))
+            self.keys = self.key_buffer[:, :, : self.length]
+            self.values = self.value_buffer[:, :, : self.length]
+            self.views = (self.keys, self.values)
+        else:
+            super().reorder_cache(beam_idx)
+
+
+def append_in_place(cache: Cache) -> None:
+    """Swap the empty `DynamicLayer`s of a self-attention cache (as generate() and the decoder create them) for
+    `InPlaceAppendLayer`s. Layers already holding states, and every other kind of cache, are left as they are."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return
+    for index, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            layers[index] = InPlaceAppendLayer()
 
 
 class TinyTransformerAttention(nn.Module):
@@ -303,10 +409,12 @@ class TinyTransformerAttention(nn.Module):
         else:
             # [Q K V] = X [W_q W_k W_v]: [batch, length, 3d] -> 3 x [batch, heads, length, head_dim]
             query_key_value = self.qkv_proj(hidden_states)
-            query_key_value = query_key_value.view(batch_size, query_length, 3, self.num_heads, self.head_dim)
-            query, key, value = query_key_value.permute(2, 0, 3, 1, 4).unbind(0)
+            query, key, value = (
+                part.view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
+                for part in query_key_value.chunk(3, dim=-1)
+            )
             if cache is not None:
-                key, value = cache.update(key, value, self.layer_idx)
+                key, value = cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
 
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
@@ -370,7 +478,7 @@ class TinyTransformerEncoderLayer(GradientCheckpointingLayer):
         hidden_states, self_attention_weights = self.self_attn(
             hidden_states, attention_mask, output_attentions=output_attentions
         )
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
         if not self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
 
@@ -378,7 +486,7 @@ class TinyTransformerEncoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         hidden_states = self.feed_forward(hidden_states)
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, self_attention_weights
@@ -416,7 +524,7 @@ class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
             cache=cache.self_attention_cache if cache is not None else None,
             output_attentions=output_attentions,
         )
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
         if not self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
 
@@ -431,7 +539,7 @@ class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
             cache=cache,
             output_attentions=output_attentions,
         )
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
         if not self.normalize_before:
             hidden_states = self.encoder_attn_layer_norm(hidden_states)
 
@@ -439,7 +547,7 @@ class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         hidden_states = self.feed_forward(hidden_states)
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, self_attention_weights, cross_attention_weights
@@ -635,7 +743,7 @@ class TinyTransformerEncoder(nn.Module):
             # Count positions over real tokens only, so that left padding does not shift them.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden_states = inputs_embeds + self.embed_positions(position_ids)
-        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         self_attention_mask = padding_mask(config, inputs_embeds, attention_mask)
 
         all_hidden_states = [hidden_states] if output_hidden_states else None
@@ -709,9 +817,6 @@ class TinyTransformerDecoder(nn.Module):
                 f"The encoder states hold {encoder_hidden_states.shape[0]} sequences but the decoder input holds "
                 f"{batch_size}; pass `input_ids`/`encoder_outputs` and `decoder_input_ids` with the same batch size."
             )
-        check_attention_mask(
-            encoder_attention_mask, "attention_mask", batch_size, encoder_hidden_states.shape[1]
-        )
 
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
@@ -719,6 +824,17 @@ class TinyTransformerDecoder(nn.Module):
             cache = None
         elif not isinstance(cache, EncoderDecoderCache):
             raise ValueError(f"The decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
+        if cache is not None and not is_tracing():
+            append_in_place(cache.self_attention_cache)
+        # Once the cache holds the encoder-decoder K and V, this generation's encoder side was checked at its first step.
+        encoder_side_checked = cache is not None and bool(cache.is_updated.get(0))
+        check_attention_mask(
+            encoder_attention_mask,
+            "attention_mask",
+            batch_size,
+            encoder_hidden_states.shape[1],
+            check_values=not encoder_side_checked,
+        )
         past_length = cache.get_seq_length() if cache is not None else 0
         if not is_tracing():
             check_length(int(past_length) + target_length, config, "decoder_input_ids")
@@ -728,7 +844,7 @@ class TinyTransformerDecoder(nn.Module):
 
         position_ids = torch.arange(target_length, device=inputs_embeds.device) + past_length
         hidden_states = inputs_embeds + self.embed_positions(position_ids)
-        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         # Masks are built once per forward and shared by every layer.
         if attention_mask is None and target_length == 1 and not (cache is not None and cache.is_compileable):
             # A cached decoding step: its one query, at the last position, may attend to every key a dynamic cache
@@ -888,6 +1004,31 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by `DataCollatorForSeq2Seq(model=...)` to build `decoder_input_ids` in the data loader."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """The inputs of one decoding step: the new decoder tokens, the cache, the encoder's output and mask.
+
+        generate() calls this once per generated token. transformers' general version also handles decoder-only
+        models, input embeddings, static caches (for which it builds 4-D masks), device moves and remote code that
+        still expects `cache_position`; that work took a tenth of a small model's decoding step on a CPU. For the
+        common case here, a dynamic cache (or none) and token ids, nothing of it applies, so the inputs pass through;
+        every other case goes to the general version.
+        """
+        cache = kwargs.get(CACHE_FIELD)
+        if (cache is not None and cache.is_compileable) or kwargs.get("decoder_inputs_embeds") is not None:
+            return super().prepare_inputs_for_generation(
+                input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
+            )
+        model_inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_KWARGS_NOT_FOR_FORWARD}
+        model_inputs["decoder_input_ids"] = input_ids if next_sequence_length is None else input_ids[:, -next_sequence_length:]
+        model_inputs["attention_mask"] = attention_mask  # the encoder's: cross-attention keeps masking its padding
+        return model_inputs
 
     def forward(
         self,
