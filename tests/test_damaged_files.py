@@ -198,7 +198,7 @@ def test_auto_config_alone_rejects_the_invalid_config_too(checkpoint):
             r"\(check `vocab_size`",
         ),
         (dict(d_model=32), r"has shape \(16,\) in the checkpoint but the config gives \(32,\) \(check `d_model`\)"),
-        (dict(ffn_dim=64), r"fc1.weight has shape \(32, 16\) in the checkpoint but the config gives \(64, 16\) "
+        (dict(ffn_dim=64), r"fc1.weight has shape \(16, 32\) in the checkpoint but the config gives \(16, 64\) "
                            r"\(check `ffn_dim`"),
         (dict(encoder_layers=2), r"model.encoder.layers.1.\* is missing from the checkpoint .*`encoder_layers`"),
         (dict(position_embedding_type="learned"), r"embed_positions.weight is missing from the checkpoint "
