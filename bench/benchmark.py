@@ -450,8 +450,8 @@ def benchmark_convergence(device: Device, quick: bool) -> dict:
         vocab_size=len(tokenizer),
         dropout=hyper["dropout"],
     )
-    # Ours as train.py builds it (sinusoidal positions, the config's default); BART has learned positions only.
-    models = build_models(size, device, seed=42, position_embedding_type="sinusoidal")
+    # Ours as train.py builds a new model for the task (its position embeddings included).
+    models = build_models(size, device, seed=42, position_embedding_type=hyper["position_embedding_type"])
     train_split, test_split = tokenized["train"], tokenized["test"]
     # The same shuffled batches for both models: one permutation of the training set per epoch.
     generator = torch.Generator().manual_seed(42)

@@ -156,14 +156,30 @@ def check_length(length: int, config: TinyTransformerConfig, name: str) -> None:
         )
 
 
+class MaskedScale(torch.autograd.Function):
+    """y = x · keep / (1 - p) for a boolean `keep`, which is all the backward keeps (1 byte per element, where
+    torch's CPU dropout keeps a float mask of 4): the same gradient, a quarter of the memory."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, hidden_states, 0.0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad_output, 0.0).mul_(ctx.scale), None, None
+
+
 def apply_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability `p` and scale the others by 1 / (1 - p).
 
     On CPU, torch's dropout draws one Bernoulli sample per element, which was 13% of a small model's training step
-    (bench/README.md). Here one 64-bit random integer holds the 16-bit uniform draws of four elements, and an element
-    is kept when its draw is at least round(p · 2¹⁶): p is rounded to a multiple of 2⁻¹⁶ (at most 7.7e-6 off). Like
-    torch's CPU dropout, it multiplies by a mask already scaled by 1 / (1 - p), which autograd keeps for the backward.
-    Other devices and compiled graphs have fused dropout kernels of their own and use `F.dropout`.
+    (bench/README.md), and keeps a float mask for the backward. Here one 64-bit random integer holds the 16-bit
+    uniform draws of four elements, and an element is kept when its draw is at least round(p · 2¹⁶): p is rounded to
+    a multiple of 2⁻¹⁶ (at most 7.7e-6 off); the backward keeps a boolean mask (`MaskedScale`). Other devices and
+    compiled graphs have fused dropout kernels of their own and use `F.dropout`.
     """
     if not training or p == 0.0:
         return hidden_states
@@ -173,7 +189,7 @@ def apply_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torc
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=hidden_states.device).random_(-(2**63), 2**63 - 1)
     draws = words.view(torch.int16)[:count].view(hidden_states.shape)  # uniform over [-2¹⁵, 2¹⁵)
     keep = draws >= round(p * 2**16) - 2**15
-    return hidden_states * torch.where(keep, 1.0 / (1.0 - p), 0.0).to(hidden_states.dtype)
+    return MaskedScale.apply(hidden_states, keep, 1.0 / (1.0 - p))
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -229,8 +245,8 @@ class TinyTransformerProjection(Conv1D):
     """y = x W + b with W stored as [in_features, out_features], the way the design document writes Q = X W_q.
 
     On a CPU this layout multiplies 1.3-2x faster than `nn.Linear`'s [out, in] for the few rows of a decoding step
-    (1 to 32 tokens; bench/README.md) and as fast for training's thousands. It is transformers' `Conv1D` (GPT-2's
-    projection, which PEFT and the quantizers know), reading inputs of any memory layout.
+    (1 to 32 tokens; bench/README.md) and as fast for training's thousands. It is transformers' `Conv1D` (the
+    projection layer of GPT-2, with the same weight layout), made to accept inputs of any memory layout.
     """
 
     def __init__(self, in_features: int, out_features: int):
