@@ -348,10 +348,12 @@ class InPlaceAppendLayer(DynamicLayer):
             capacity = -(-filled // self.growth) * self.growth
             self.key_buffer = self.reallocate(self.keys, key_states, capacity)
             self.value_buffer = self.reallocate(self.values, value_states, capacity)
-        self.key_buffer[:, :, self.length : filled] = key_states
-        self.value_buffer[:, :, self.length : filled] = value_states
+        # `narrow` along the position axis: the cheapest view to make, as this runs for every layer at every step.
+        self.key_buffer.narrow(2, self.length, key_states.shape[2]).copy_(key_states)
+        self.value_buffer.narrow(2, self.length, value_states.shape[2]).copy_(value_states)
         self.length = filled
-        self.keys, self.values = self.views = self.key_buffer[:, :, :filled], self.value_buffer[:, :, :filled]
+        self.keys, self.values = self.key_buffer.narrow(2, 0, filled), self.value_buffer.narrow(2, 0, filled)
+        self.views = (self.keys, self.values)
         return self.keys, self.values
 
     def holds_its_views(self) -> bool:
