@@ -51,7 +51,8 @@ class TinyTransformerConfig(PretrainedConfig):
         activation_function (`str`, defaults to `"gelu"`): feed-forward activation, any key of
             `transformers.activations.ACT2FN` (`"relu"`, `"gelu"`, `"silu"`, ...).
         position_embedding_type (`str`, defaults to `"sinusoidal"`): `"sinusoidal"` (fixed, as in the original
-            Transformer) or `"learned"` (a trained table of `max_position_embeddings` rows).
+            Transformer; token embeddings are then scaled by √d_model to match them) or `"learned"` (a trained
+            table of `max_position_embeddings` rows, initialised like the token embeddings, which are not scaled).
         norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
             the last layer), `"post"` after each residual addition, as in the original paper.
         tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
