@@ -338,7 +338,6 @@ class InPlaceAppendLayer(DynamicLayer):
         super().__init__(**kwargs)
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
-        self.length = 0  # filled positions of the buffers
         self.views: tuple[torch.Tensor, torch.Tensor] | None = None  # the (keys, values) this layer last returned
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -346,41 +345,43 @@ class InPlaceAppendLayer(DynamicLayer):
             return super().update(key_states, value_states, *args, **kwargs)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if not self.holds_its_views():
-            # First update, or `keys` was replaced from outside: what it holds becomes the filled part of a new buffer.
-            self.length = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-            self.key_buffer = self.value_buffer = None
-        filled = self.length + key_states.shape[-2]
-        if self.key_buffer is None or filled > self.key_buffer.shape[-2]:
+        length = self.keys.shape[2] if self.keys.dim() == 4 else 0  # lazy initialisation leaves an empty 1-D tensor
+        filled = length + key_states.shape[2]
+        if not self.holds_its_views() or filled > self.key_buffer.shape[2]:
+            # First update, a full buffer, or `keys` replaced from outside: a new buffer around what `keys` holds.
             capacity = -(-filled // self.growth) * self.growth
-            self.key_buffer = self.reallocate(self.keys, key_states, capacity)
-            self.value_buffer = self.reallocate(self.values, value_states, capacity)
+            self.key_buffer = self.reallocate(self.keys, key_states, length, capacity)
+            self.value_buffer = self.reallocate(self.values, value_states, length, capacity)
         # `narrow` along the position axis: the cheapest view to make, as this runs for every layer at every step.
-        self.key_buffer.narrow(2, self.length, key_states.shape[2]).copy_(key_states)
-        self.value_buffer.narrow(2, self.length, value_states.shape[2]).copy_(value_states)
-        self.length = filled
-        self.keys, self.values = self.key_buffer.narrow(2, 0, filled), self.value_buffer.narrow(2, 0, filled)
-        self.views = (self.keys, self.values)
+        self.key_buffer.narrow(2, length, key_states.shape[2]).copy_(key_states)
+        self.value_buffer.narrow(2, length, value_states.shape[2]).copy_(value_states)
+        self.keep_views(filled)
         return self.keys, self.values
 
     def holds_its_views(self) -> bool:
         """Whether `keys` and `values` are still the buffer views this layer returned (nothing replaced them)."""
         return self.views is not None and self.keys is self.views[0] and self.values is self.views[1]
 
-    def reallocate(self, old: torch.Tensor, new: torch.Tensor, capacity: int) -> torch.Tensor:
+    def keep_views(self, length: int) -> None:
+        """`keys` and `values` become the first `length` positions of the buffers."""
+        self.keys, self.values = self.key_buffer.narrow(2, 0, length), self.value_buffer.narrow(2, 0, length)
+        self.views = (self.keys, self.values)
+
+    @staticmethod
+    def reallocate(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+        """A buffer of `capacity` positions shaped like `new`, starting with the first `length` positions of `old`."""
         batch_size, num_heads, _, head_dim = new.shape
         buffer = new.new_empty(batch_size, num_heads, capacity, head_dim)
-        if self.length:
-            buffer[:, :, : self.length] = old[:, :, : self.length]
+        if length:
+            buffer.narrow(2, 0, length).copy_(old.narrow(2, 0, length))
         return buffer
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.holds_its_views():
+            length = self.keys.shape[2]
             self.key_buffer = self.key_buffer.index_select(0, beam_idx.to(self.key_buffer.device))
             self.value_buffer = self.value_buffer.index_select(0, beam_idx.to(self.value_buffer.device))
-            self.keys = self.key_buffer[:, :, : self.length]
-            self.values = self.value_buffer[:, :, : self.length]
-            self.views = (self.keys, self.values)
+            self.keep_views(length)
         else:
             super().reorder_cache(beam_idx)
 
@@ -455,7 +456,7 @@ class TinyTransformerAttention(nn.Module):
                 for part in query_key_value.chunk(3, dim=-1)
             )
             if cache is not None:
-                key, value = cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
+                key, value = cache.update(key, value, self.layer_idx)
 
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
@@ -868,8 +869,9 @@ class TinyTransformerDecoder(nn.Module):
             cache = None
         elif not isinstance(cache, EncoderDecoderCache):
             raise ValueError(f"The decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
-        if cache is not None and not is_tracing():
-            append_in_place(cache.self_attention_cache)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if cache is not None and not is_tracing() and past_length == 0:
+            append_in_place(cache.self_attention_cache)  # a fresh cache: swapped once, at its first step
         # Once the cache holds the encoder-decoder K and V, the encoder side was checked at the generation's first step.
         encoder_side_checked = cache is not None and bool(cache.is_updated.get(0))
         check_attention_mask(
@@ -879,7 +881,6 @@ class TinyTransformerDecoder(nn.Module):
             encoder_hidden_states.shape[1],
             check_values=not encoder_side_checked,
         )
-        past_length = cache.get_seq_length() if cache is not None else 0
         if not is_tracing():
             check_length(int(past_length) + target_length, config, "decoder_input_ids")
             check_attention_mask(
@@ -939,6 +940,20 @@ def warn_about_unused_kwargs(kwargs: dict) -> None:
         logger.warning_once(f"TinyTransformer ignores these unknown forward arguments: {sorted(unused)}")
 
 
+def seq2seq_output_fields(
+    encoder_outputs: BaseModelOutput, decoder_outputs: BaseModelOutputWithPastAndCrossAttentions
+) -> dict:
+    """The fields that Seq2SeqModelOutput and Seq2SeqLMOutput both take from the encoder's and decoder's outputs."""
+    return {
+        "decoder_hidden_states": decoder_outputs.hidden_states,
+        "decoder_attentions": decoder_outputs.attentions,
+        "cross_attentions": decoder_outputs.cross_attentions,
+        "encoder_last_hidden_state": encoder_outputs.last_hidden_state,
+        "encoder_hidden_states": encoder_outputs.hidden_states,
+        "encoder_attentions": encoder_outputs.attentions,
+        CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD),
+    }
+
 class TinyTransformerModel(TinyTransformerPreTrainedModel):
     """The bare encoder-decoder: returns the decoder's last hidden states (no language-model head)."""
 
@@ -997,16 +1012,8 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        output = Seq2SeqModelOutput(
-            last_hidden_state=decoder_outputs.last_hidden_state,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
-        )
+        fields = seq2seq_output_fields(encoder_outputs, decoder_outputs)
+        output = Seq2SeqModelOutput(last_hidden_state=decoder_outputs.last_hidden_state, **fields)
         return output if return_dict else output.to_tuple()
 
     def encode_and_decode(
@@ -1178,17 +1185,7 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             else:
                 loss = token_losses_sum / torch.as_tensor(num_items_in_batch, device=logits.device)
 
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
-        )
+        output = Seq2SeqLMOutput(loss=loss, logits=logits, **seq2seq_output_fields(encoder_outputs, decoder_outputs))
         return output if return_dict else output.to_tuple()
 
 
