@@ -29,11 +29,12 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from timing import alternate
 from transformers.utils import is_flash_attn_2_available
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer_train.metrics import sequence_metrics
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of these benchmark models
 FIRST_ORDINARY_ID = 5  # random inputs draw ids from [5, vocab_size): no special token, no "+"
 MODEL_NAMES = ("ours", "bart")
@@ -55,7 +56,9 @@ class Size:
 
 SMALL = Size("small", d_model=128, layers=2, heads=4, ffn_dim=512)
 MEDIUM = Size("medium", d_model=512, layers=6, heads=8, ffn_dim=2048)
-SIZES = {size.name: size for size in (SMALL, MEDIUM)}
+# `--smoke`: every measurement once on a model of a few thousand parameters, to check that the script runs.
+TINY = Size("tiny", d_model=16, layers=1, heads=2, ffn_dim=32, vocab_size=32, max_positions=300)
+SIZES = {size.name: size for size in (SMALL, MEDIUM, TINY)}
 
 
 # ----------------------------------------------------------------------------------------------------------- setup
@@ -143,22 +146,6 @@ def random_ids(batch: int, length: int, vocab_size: int, device: Device, seed: i
     return torch.randint(FIRST_ORDINARY_ID, vocab_size, (batch, length), generator=generator).to(device.type)
 
 
-def alternate(functions: dict[str, callable], repeats: int, device: Device) -> dict[str, list[float]]:
-    """Seconds per call of each function: ours, BART, then BART, ours, ... (after one untimed warm-up call each)."""
-    for function in functions.values():
-        function()
-    seconds = {name: [] for name in functions}
-    names = list(functions)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            synchronize(device)
-            start = time.perf_counter()
-            functions[name]()
-            synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
 def summarize(seconds: list[float]) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "seconds": seconds}
 
@@ -175,7 +162,7 @@ def matmul_peak_flops(device: Device, quick: bool) -> dict:
     n = 8192 if device.type == "cuda" else (1024 if quick else 2048)
     a = torch.randn(n, n, device=device.type, dtype=device.dtype)
     b = torch.randn(n, n, device=device.type, dtype=device.dtype)
-    seconds = alternate({"matmul": lambda: torch.matmul(a, b)}, 5 if quick else 9, device)["matmul"]
+    seconds = alternate({"matmul": lambda: torch.matmul(a, b)}, 5 if quick else 9, lambda: synchronize(device))["matmul"]
     return {"n": n, "dtype": str(device.dtype), "flops_per_s": 2 * n**3 / statistics.median(seconds)}
 
 
@@ -225,7 +212,7 @@ def benchmark_training(size: Size, device: Device, peak: float, repeats: int, ba
     for name, model in models.items():
         model.train()
         steps[name] = training_step_function(model, device, inputs, make_optimizer(model))
-    seconds = alternate(steps, repeats, device)
+    seconds = alternate(steps, repeats, lambda: synchronize(device))
     flops = training_flops_per_step(size, batch, length, length)
     result = {"size": size.name, "batch": batch, "source_length": length, "target_length": length}
     for name in MODEL_NAMES:
@@ -286,7 +273,7 @@ def benchmark_generation(
         source = random_ids(batch, length, size.vocab_size, device, seed=3)
         config = generation_config(new_tokens, num_beams)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
-        seconds = alternate(runs, repeats, device)
+        seconds = alternate(runs, repeats, lambda: synchronize(device))
         result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
         for name in MODEL_NAMES:
             tokens_per_s = batch * new_tokens / statistics.median(seconds[name])
@@ -306,7 +293,7 @@ def benchmark_per_token_time(size: Size, device: Device, batch: int, repeats: in
     for new_tokens in (32, 256):
         config = generation_config(new_tokens, num_beams=1)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
-        seconds = alternate(runs, repeats, device)
+        seconds = alternate(runs, repeats, lambda: synchronize(device))
         for name in MODEL_NAMES:
             per_token[name, new_tokens] = statistics.median(seconds[name]) / new_tokens
     for name in MODEL_NAMES:
@@ -375,9 +362,8 @@ def load_default_task(test_size: int):
     """The default task of train/train.py, its data (train/data.py) and its hyper-parameters."""
     import datasets
 
-    sys.path.insert(0, str(REPO_ROOT / "train"))
-    import train as train_script  # noqa: E402  (train/ holds scripts; tests/conftest.py imports them the same way)
-    from data import build_corpus, build_tokenizer, target_length, tokenize_corpus  # noqa: E402
+    from hf_tiny_transformer_train import train as train_script
+    from hf_tiny_transformer_train.data import build_corpus, build_tokenizer, target_length, tokenize_corpus
 
     datasets.disable_progress_bars()
 
@@ -408,7 +394,7 @@ def exact_match(
     batch_size: int,
 ) -> float:
     """Share of test examples whose greedy output, up to and including the first </s>, equals the target (the
-    `exact_match` of train/train.py)."""
+    `exact_match` of train/train.py, computed by the same function)."""
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -419,18 +405,15 @@ def exact_match(
         pad_token_id=PAD,
     )
     model.eval()
-    correct = 0
+    generations = []
     with torch.inference_mode(), device.autocast:
         for start in range(0, len(test_inputs), batch_size):
             input_ids = pad_batch(test_inputs[start : start + batch_size], PAD, device)
             attention_mask = (input_ids != PAD).long()
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-            for generated, label in zip(output[:, 1:].tolist(), test_labels[start : start + batch_size]):
-                if EOS in generated:
-                    generated = generated[: generated.index(EOS) + 1]
-                correct += generated == label
+            generations += output.cpu().tolist()
     model.train()
-    return correct / len(test_inputs)
+    return sequence_metrics(generations, test_labels, PAD, EOS)["exact_match"]
 
 
 def benchmark_convergence(device: Device, quick: bool, seeds: list[int]) -> dict:
@@ -642,6 +625,7 @@ def format_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small size only, few repeats, short convergence run")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model, one repeat: checks that the script runs")
     parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
@@ -658,12 +642,15 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown sections {sorted(unknown)}")
     transformers.logging.set_verbosity_error()
     device = pick_device(args.device)
-    quick = args.quick
-    sizes = [SMALL] if quick else [SMALL, MEDIUM]
+    quick = args.quick or args.smoke
+    sizes = [TINY] if args.smoke else [SMALL] if quick else [SMALL, MEDIUM]
+    # Shapes of the inputs: the benchmark's own, or a few tokens for --smoke.
+    training_shape = {"batch": 2, "length": 6} if args.smoke else {}
+    generation_shape = {"new_tokens": 4, "length": 6} if args.smoke else {}
     started = time.perf_counter()
     report = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "mode": "quick" if quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if quick else "full",
         "machine": machine_description(),
         "device": {"type": device.type, "dtype": str(device.dtype), "attn_implementation": device.attn_implementation},
         "load_average_start": os.getloadavg(),
@@ -682,23 +669,25 @@ def main(argv: list[str] | None = None) -> dict:
         report["training"] = []
         for size in sizes:
             progress(f"training, {size.name}")
-            repeats = 5 if quick else (9 if size is SMALL else 4)
-            report["training"].append(benchmark_training(size, device, report["matmul_peak"]["flops_per_s"], repeats))
+            repeats = 1 if args.smoke else 5 if quick else (9 if size is SMALL else 4)
+            peak = report["matmul_peak"]["flops_per_s"]
+            report["training"].append(benchmark_training(size, device, peak, repeats, **training_shape))
     if "generation" in sections:
         report["generation"], report["per_token"] = [], []
         for size in sizes:
             progress(f"generation, {size.name}")
-            cases = [(1, 1), (32, 1), (1, 4), (32, 4)] if size is SMALL else [(1, 1), (32, 1)]
-            repeats = 3 if quick or size is MEDIUM else 11
-            report["generation"] += benchmark_generation(size, device, cases, repeats)
+            cases = [(1, 1), (32, 1), (1, 4), (32, 4)] if size is not MEDIUM else [(1, 1), (32, 1)]
+            repeats = 1 if args.smoke else 3 if quick or size is MEDIUM else 11
+            report["generation"] += benchmark_generation(size, device, cases, repeats, **generation_shape)
         progress("per-token time at 32 and 256 tokens")
-        report["per_token"].append(benchmark_per_token_time(SMALL, device, batch=1, repeats=3 if quick else 9))
+        repeats = 1 if args.smoke else 3 if quick else 9
+        report["per_token"].append(benchmark_per_token_time(sizes[0], device, batch=1, repeats=repeats))
     if "memory" in sections:
         progress("peak memory (one fresh process per model and workload)")
         workloads = [{"workload": "train", "size": size.name} for size in sizes]
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
-    if "convergence" in sections:
+    if "convergence" in sections and not args.smoke:
         progress("time to 99% exact match on the default task")
         report["convergence"] = benchmark_convergence(device, quick, seeds=[42] if quick else [42, 43, 44])
     report["load_average_end"] = os.getloadavg()

@@ -10,30 +10,18 @@ Prints median microseconds, alternating the two variants of each comparison so t
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import alternate
 from transformers.cache_utils import DynamicLayer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_tiny_transformer.modeling_tiny_transformer import InPlaceAppendLayer, apply_dropout  # noqa: E402
+from hf_tiny_transformer.modeling_tiny_transformer import InPlaceAppendLayer, apply_dropout
 
 
-def alternate(functions: dict, repeats: int) -> dict[str, float]:
-    """Median microseconds per call of each function, called in turn (order reversed every other round)."""
-    for function in functions.values():
-        function()
-        function()
-    seconds = {name: [] for name in functions}
-    names = list(functions)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            functions[name]()
-            seconds[name].append(time.perf_counter() - start)
+def alternate_medians(functions: dict, repeats: int) -> dict[str, float]:
+    """Median microseconds per call of each function (two untimed calls of each first)."""
+    seconds = alternate(functions, repeats, warmup=2)
     return {name: statistics.median(values) * 1e6 for name, values in seconds.items()}
 
 
@@ -50,7 +38,7 @@ def projections(repeats: int) -> None:
         weight_out_in = weight_in_out.t().contiguous()
         bias = torch.randn(outputs)
         with torch.inference_mode():
-            times = alternate(
+            times = alternate_medians(
                 {
                     "ours": lambda: torch.addmm(bias, x, weight_in_out),
                     "linear": lambda: F.linear(x, weight_out_in, bias),
@@ -65,11 +53,11 @@ def dropout(repeats: int) -> None:
         x = torch.randn(*shape, requires_grad=True)
         gradient = torch.randn(*shape)
         with torch.no_grad():
-            times = alternate(
+            times = alternate_medians(
                 {"ours": lambda: apply_dropout(x, 0.1, True), "torch": lambda: F.dropout(x, 0.1, True)}, repeats
             )
         report(f"dropout forward {shape}", "ours", "torch", times)
-        times = alternate(
+        times = alternate_medians(
             {
                 "ours": lambda: apply_dropout(x, 0.1, True).backward(gradient),
                 "torch": lambda: F.dropout(x, 0.1, True).backward(gradient),
@@ -93,7 +81,7 @@ def cache_append(repeats: int) -> None:
                 if layer.get_seq_length() >= length + 50:  # stay near `length`: drop the appended positions again
                     layer.crop(-50)
 
-            times = alternate({name: (lambda layer=layer: append(layer)) for name, layer in layers.items()}, repeats)
+            times = alternate_medians({name: (lambda layer=layer: append(layer)) for name, layer in layers.items()}, repeats)
         report(f"cache append, batch {batch}, {heads} heads x {head_dim}, {length} cached", "ours", "dynamic", times)
 
 

@@ -1,8 +1,6 @@
 """Shared fixtures: tiny configs, seeded tiny models and padded batches; no network."""
 
 import os
-import sys
-from pathlib import Path
 
 # No network in tests: every model, tokenizer and dataset is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,10 +10,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
-
-
-# train/ holds scripts, not a package: import its modules (data, model_card) the way train/train.py does.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
 
 @pytest.fixture

@@ -1,54 +1,44 @@
-"""The benchmark scripts run: each measurement on a tiny size, the table, and the kernel comparisons.
+"""The benchmark scripts run as a user runs them, on a tiny model with one repeat, and report every figure.
 
-They time nothing here (figures on a test machine mean nothing); they check that the code a user runs from the
-README works and reports sensible fields.
+They time nothing here (figures on a test machine mean nothing); they check that the commands in the README and
+bench/README.md work and print their tables.
 """
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import benchmark  # noqa: E402
-import design_kernels  # noqa: E402
-
-TINY = benchmark.Size("tiny", d_model=16, layers=1, heads=2, ffn_dim=32, vocab_size=32, max_positions=300)
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture
-def cpu():
-    return benchmark.pick_device("cpu")
+def run_script(name: str, *arguments: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / name), *arguments], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return completed.stdout
 
 
-def test_both_models_get_the_same_size(cpu):
-    models = benchmark.build_models(TINY, cpu)
-    counts = {name: benchmark.count_parameters(model) for name, model in models.items()}
-    assert abs(counts["ours"] / counts["bart"] - 1) < 0.05
+@pytest.mark.slow
+def test_speed_benchmark_reports_every_measurement(tmp_path):
+    output = tmp_path / "report.json"
+    printed = run_script("benchmark.py", "--smoke", "--sections", "training,generation,memory", "--output", str(output))
+    report = json.loads(output.read_text())
+    counts = report["parameters"]["tiny"]
+    assert abs(counts["ours"] / counts["bart"] - 1) < 0.05  # both models get the same size
+    for name in ("ours", "bart"):
+        assert report["training"][0][name]["tokens_per_s"] > 0 and report["training"][0][name]["mfu"] > 0
+        assert all(result[name]["tokens_per_s"] > 0 for result in report["generation"])
+        assert report["per_token"][0][name]["ratio_256_to_32"] > 0
+        assert all(result[name]["peak_rss_delta_bytes"] > 0 for result in report["memory"])
+    for row in ("training tokens/s, tiny", "generation tokens/s, tiny, 4-beam, batch 32", "peak memory, training tiny"):
+        assert row in printed
 
 
-def test_training_and_generation_measurements_report_every_field(cpu):
-    training = benchmark.benchmark_training(TINY, cpu, peak=1e9, repeats=2, batch=2, length=6)
-    generation = benchmark.benchmark_generation(TINY, cpu, [(1, 1), (2, 2)], repeats=2, new_tokens=4, length=6)
-    per_token = benchmark.benchmark_per_token_time(TINY, cpu, batch=1, repeats=1, length=6)
-    for name in benchmark.MODEL_NAMES:
-        assert training[name]["tokens_per_s"] > 0 and 0 < training[name]["mfu"]
-        assert len(training[name]["seconds"]) == 2
-        assert all(result[name]["tokens_per_s"] > 0 for result in generation)
-        assert per_token[name]["ratio_256_to_32"] > 0
-    report = {
-        "parameters": {"tiny": {"ours": 100, "bart": 101}},
-        "training": [training],
-        "generation": generation,
-        "per_token": [per_token],
-    }
-    table = benchmark.format_table(report)
-    assert "training tokens/s, tiny" in table and "generation tokens/s, tiny, 2-beam, batch 2" in table
-
-
-def test_kernel_comparisons_run(capsys):
-    design_kernels.main(["--repeats", "1", "--threads", str(torch.get_num_threads())])
-    printed = capsys.readouterr().out
+def test_kernel_comparisons_run():
+    printed = run_script("design_kernels.py", "--repeats", "1")
     for what in ("projection 32 x 512 -> 1536", "dropout forward + backward", "cache append, batch 32"):
         assert what in printed

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
-from data import SPLITS, TASKS, build_corpus, generate_examples, make_example, split_of
+from hf_tiny_transformer_train import data
+from hf_tiny_transformer_train.data import SPLITS, TASKS, build_corpus, generate_examples, make_example, split_of
 
 
 SMALL = {"seed": 0, "train_size": 300, "validation_size": 40, "test_size": 60, "min_length": 1, "max_length": 8}
@@ -114,7 +114,7 @@ def test_bad_arguments_raise_value_error(arguments, message, cache_dir):
 def test_second_run_with_the_same_arguments_reuses_the_cache(tmp_path):
     """In fresh processes, as two runs of train.py would: the second neither generates nor tokenizes."""
     script = (
-        "from data import build_corpus, build_tokenizer, tokenize_corpus\n"
+        "from hf_tiny_transformer_train.data import build_corpus, build_tokenizer, tokenize_corpus\n"
         "corpus = build_corpus('sort', seed=3, train_size=500, validation_size=20, test_size=20, min_length=1, "
         "max_length=10)\n"
         "tokenized = tokenize_corpus(corpus, build_tokenizer())\n"
@@ -125,7 +125,6 @@ def test_second_run_with_the_same_arguments_reuses_the_cache(tmp_path):
         "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
         "HF_HOME": str(tmp_path / "home"),
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "train"),
     }
 
     def run() -> subprocess.CompletedProcess:

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import train
-from checkpoints import checkpoint_problem, last_complete_checkpoint
+from hf_tiny_transformer_train import train
+from hf_tiny_transformer_train.checkpoints import checkpoint_problem, last_complete_checkpoint
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
 # 40 steps of batch 16 with dropout, a checkpoint every 5 steps and an evaluation at step 20: the restarted run has

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from data import BOS, EOS, NUM_VALUES, PAD, PLUS, UNK, VOCABULARY, build_tokenizer
+from hf_tiny_transformer_train.data import BOS, EOS, NUM_VALUES, PAD, PLUS, UNK, VOCABULARY, build_tokenizer
 
 
 @pytest.fixture(scope="module")

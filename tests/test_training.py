@@ -15,8 +15,8 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-import train
-from data import generate_examples
+from hf_tiny_transformer_train import train
+from hf_tiny_transformer_train.data import generate_examples
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,13 +32,12 @@ TINY = [
 
 
 def environment(tmp: Path) -> dict[str, str]:
-    """No network, caches under `tmp`, and the repository importable (as an installed package would be)."""
+    """No network and caches under `tmp`."""
     return {
         **os.environ,
         "HF_HOME": str(tmp / "hf_home"),
         "HF_DATASETS_CACHE": str(tmp / "datasets"),
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
     }
 
@@ -204,13 +203,12 @@ def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
 PROBE = """
 import hashlib, json, sys
 import torch
-sys.path.insert(0, {train_dir!r})
-import train
+from hf_tiny_transformer_train import train
 
 trainer = train.main(sys.argv[1:])
 args = trainer.args
 parameters = torch.cat([parameter.detach().flatten() for parameter in trainer.model.parameters()])
-report = {{
+report = {
     "rank": args.process_index,
     "world_size": args.world_size,
     "parallel_mode": args.parallel_mode.value,
@@ -218,8 +216,8 @@ report = {{
     "batches_per_rank": len(trainer.get_train_dataloader()),
     "global_step": trainer.state.global_step,
     "parameters_sha256": hashlib.sha256(parameters.numpy().tobytes()).hexdigest(),
-}}
-with open(f"{{args.output_dir}}/rank{{args.process_index}}.json", "w") as file:
+}
+with open(f"{args.output_dir}/rank{args.process_index}.json", "w") as file:
     json.dump(report, file)
 """
 
@@ -227,7 +225,7 @@ with open(f"{{args.output_dir}}/rank{{args.process_index}}.json", "w") as file:
 @pytest.mark.slow
 def test_two_cpu_processes_share_the_batch_and_keep_identical_weights(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text(PROBE.format(train_dir=str(REPO / "train")))
+    probe.write_text(PROBE)
     output_dir = tmp_path / "ddp"
     flags = [*TINY, "--output_dir", str(output_dir), "--train_size", "256", "--per_device_train_batch_size", "8",
              "--max_steps", "-1", "--num_train_epochs", "1", "--eval_strategy", "no", "--use_cpu", "true",
@@ -278,7 +276,7 @@ def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_
     held_out = [example["source"] for example in generate_examples("copy", "test", 32, 1, 4, seed=1234)]
     source_folders = {os.path.realpath(REPO / name) for name in ("", "train", "tests", "hf_tiny_transformer")}
     script = FRESH_LOAD.format(source_folders=source_folders, folder=str(trained))
-    env = {key: value for key, value in environment(tmp_path).items() if key != "PYTHONPATH"}
+    env = environment(tmp_path)
     completed = subprocess.run(
         [sys.executable, "-I", "-c", script, json.dumps(held_out)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import datasets  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
@@ -37,7 +36,6 @@ from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    EvalPrediction,
     GenerationConfig,
     HfArgumentParser,
     Seq2SeqTrainer,
@@ -46,11 +44,21 @@ from transformers import (  # noqa: E402
 )
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
-
-# Modules next to this script (train/ is on sys.path when it runs).
-from checkpoints import last_complete_checkpoint  # noqa: E402
-from data import TASKS, build_corpus, build_tokenizer, source_length, target_length, tokenize_corpus  # noqa: E402
-from model_card import plot_cross_attention, plot_training_curves, write_model_card  # noqa: E402
+from hf_tiny_transformer_train.checkpoints import last_complete_checkpoint  # noqa: E402
+from hf_tiny_transformer_train.data import (  # noqa: E402
+    TASKS,
+    build_corpus,
+    build_tokenizer,
+    source_length,
+    target_length,
+    tokenize_corpus,
+)
+from hf_tiny_transformer_train.metrics import sequence_metrics  # noqa: E402
+from hf_tiny_transformer_train.model_card import (  # noqa: E402
+    plot_cross_attention,
+    plot_training_curves,
+    write_model_card,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +147,11 @@ class ModelArguments:
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub checkpoint."})
     trust_remote_code: bool = field(
-        default=True,
+        default=False,
         metadata={
-            "help": "Let --model_name_or_path run the model code stored with it (checkpoints written by this script "
-            "carry theirs). With hf_tiny_transformer installed, its own classes are used for tiny_transformer "
-            "checkpoints either way."
+            "help": "Let --model_name_or_path run Python code stored with the checkpoint (only for checkpoints and "
+            "repositories you trust). Not needed for TinyTransformer checkpoints: this script uses the installed "
+            "hf_tiny_transformer classes for them."
         },
     )
     d_model: int | None = field(default=None, metadata={"help": "Hidden size of a new model."})
@@ -272,26 +280,6 @@ def new_model_config(
     )
 
 
-def sequence_metrics(eval_prediction: EvalPrediction, pad_token_id: int, eos_token_id: int) -> dict[str, float]:
-    """`exact_match`: the whole generated sequence, up to and including </s>, equals the target.
-    `token_accuracy`: the fraction of target tokens (</s> included) that the generation has at the same position.
-    """
-    exact, correct, total = 0, 0, 0
-    for generated, label in zip(eval_prediction.predictions, eval_prediction.label_ids):
-        # Labels are padded with -100 (between batches) or the pad id (within one); targets never contain either.
-        label = label[(label != -100) & (label != pad_token_id)]
-        # Generations start with the decoder start token and stop at the first </s>.
-        generated = generated[1:]
-        eos_positions = np.flatnonzero(generated == eos_token_id)
-        if len(eos_positions):
-            generated = generated[: eos_positions[0] + 1]
-        length = min(len(generated), len(label))
-        correct += int((generated[:length] == label[:length]).sum())
-        total += len(label)
-        exact += int(len(generated) == len(label) and bool((generated == label).all()))
-    return {"exact_match": exact / len(eval_prediction.label_ids), "token_accuracy": correct / total}
-
-
 def push_folder(training_args: Seq2SeqTrainingArguments, repo_id: str) -> None:
     """Upload the finished output folder (model, code, tokenizer, card, figures, metrics), not the checkpoints."""
     api = HfApi(token=training_args.hub_token)
@@ -396,7 +384,11 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=(
-            (lambda prediction: sequence_metrics(prediction, tokenizer.pad_token_id, tokenizer.eos_token_id))
+            (
+                lambda prediction: sequence_metrics(
+                    prediction.predictions, prediction.label_ids, tokenizer.pad_token_id, tokenizer.eos_token_id
+                )
+            )
             if training_args.predict_with_generate
             else None
         ),
