@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timing import alternate
 from transformers.cache_utils import DynamicLayer
 
-from hf_tiny_transformer.modeling_tiny_transformer import InPlaceAppendLayer, apply_dropout
+from hf_tiny_transformer.fast_paths_tiny_transformer import InPlaceAppendLayer, apply_dropout
 
 
 def alternate_medians(functions: dict, repeats: int) -> dict[str, float]:

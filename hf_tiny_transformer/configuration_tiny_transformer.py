@@ -7,7 +7,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 NORM_POSITIONS = ("pre", "post")
 # Sizes: each a positive integer.
 SIZE_FIELDS = (
@@ -18,15 +18,19 @@ SIZE_FIELDS = (
     "num_attention_heads",
     "ffn_dim",
     "max_position_embeddings",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
 )
 # Fields that decide what function the saved weights compute: a saved `config.json` must state each of them, since a
 # default silently standing in for a missing one (say `activation_function`) would give wrong outputs, not an error.
-ARCHITECTURE_FIELDS = SIZE_FIELDS + (
+ARCHITECTURE_FIELDS = SIZE_FIELDS[:7] + (
     "activation_function",
     "position_embedding_type",
     "norm_position",
     "tie_word_embeddings",
 )
+# ... and, for relative positions, what decides their buckets.
+RELATIVE_POSITION_FIELDS = ("relative_attention_num_buckets", "relative_attention_max_distance")
 
 
 class TinyTransformerConfig(PretrainedConfig):
@@ -45,14 +49,24 @@ class TinyTransformerConfig(PretrainedConfig):
             attention + feed-forward).
         num_attention_heads (`int`, defaults to 4): heads of every attention; must divide `d_model`.
         ffn_dim (`int`, defaults to 512): inner width of the position-wise feed-forward network.
-        max_position_embeddings (`int`, defaults to 256): longest sequence (source or target) the model accepts.
+        max_position_embeddings (`int`, defaults to 256): longest sequence (source or target) the model accepts with
+            `"sinusoidal"` or `"learned"` positions (the rows of their table); `"relative"` positions have no limit.
         dropout (`float`, defaults to 0.1): dropout on embeddings and on each sub-layer's output, in [0, 1).
         attention_dropout (`float`, defaults to 0.0): dropout on the attention weights α, in [0, 1).
         activation_function (`str`, defaults to `"gelu"`): feed-forward activation, any key of
             `transformers.activations.ACT2FN` (`"relu"`, `"gelu"`, `"silu"`, ...).
         position_embedding_type (`str`, defaults to `"sinusoidal"`): `"sinusoidal"` (fixed, as in the original
-            Transformer; token embeddings are then scaled by √d_model to match them) or `"learned"` (a trained
-            table of `max_position_embeddings` rows, initialised like the token embeddings, which are not scaled).
+            Transformer; token embeddings are then scaled by √d_model to match them), `"learned"` (a trained
+            table of `max_position_embeddings` rows, initialised like the token embeddings, which are not scaled) or
+            `"relative"`: no position vectors; every attention adds a learned bias per head that depends on the
+            bucketed distance between query and key (T5's scheme, in encoder self-attention, decoder
+            self-attention and encoder-decoder attention), so a model can run on sequences longer than any it saw.
+            Needs attn_implementation "sdpa" or "eager" (flash attention cannot add a bias).
+        relative_attention_num_buckets (`int`, defaults to 32): distance buckets of `"relative"` positions, an even
+            number >= 4: distances below a quarter of it (half, in the decoder's one-sided self-attention) get a
+            bucket each, longer ones share logarithmically wider buckets.
+        relative_attention_max_distance (`int`, defaults to 128): distances from this one on share the last
+            bucket; greater than half of `relative_attention_num_buckets`.
         norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
             the last layer), `"post"` after each residual addition, as in the original paper.
         tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
@@ -87,6 +101,8 @@ class TinyTransformerConfig(PretrainedConfig):
     attention_dropout: float = 0.0
     activation_function: str = "gelu"
     position_embedding_type: str = "sinusoidal"
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
     norm_position: str = "pre"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -109,7 +125,10 @@ class TinyTransformerConfig(PretrainedConfig):
         state every field in `ARCHITECTURE_FIELDS`, and a missing or invalid field raises `ValueError` naming it."""
         if not isinstance(config_dict, dict):
             raise ValueError(f"Invalid TinyTransformer `config.json`: expected a JSON object, got {config_dict!r:.80}.")
-        missing = [name for name in ARCHITECTURE_FIELDS if name not in config_dict and name not in kwargs]
+        required = ARCHITECTURE_FIELDS
+        if config_dict.get("position_embedding_type") == "relative":
+            required += RELATIVE_POSITION_FIELDS
+        missing = [name for name in required if name not in config_dict and name not in kwargs]
         if missing:
             raise ValueError(f"Invalid TinyTransformer `config.json`: missing field(s) {', '.join(missing)}.")
         try:
@@ -123,6 +142,12 @@ class TinyTransformerConfig(PretrainedConfig):
         """Width of one attention head, `d_model // num_attention_heads` (the `d` in S = QKᵀ/√d)."""
         return self.d_model // self.num_attention_heads
 
+    @property
+    def position_limit(self) -> int | None:
+        """Longest sequence the positions describe: `max_position_embeddings` for the sinusoidal or learned table,
+        None (no limit) for relative positions."""
+        return None if self.position_embedding_type == "relative" else self.max_position_embeddings
+
     def validate_tiny_transformer(self) -> None:
         """Raise `ValueError` naming the first field whose value is out of its allowed range."""
         for name in SIZE_FIELDS:
@@ -132,8 +157,17 @@ class TinyTransformerConfig(PretrainedConfig):
         if self.d_model % self.num_attention_heads != 0:
             # The design document's multi-head split: each head gets d_model / heads dimensions.
             raise ValueError(
-                f"`d_model` ({self.d_model}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
+                f"`d_model` ({self.d_model}) must be divisible by `num_attention_heads` ({self.num_attention_heads})."
+            )
+        if self.relative_attention_num_buckets < 4 or self.relative_attention_num_buckets % 2:
+            raise ValueError(
+                "`relative_attention_num_buckets` must be an even number of at least 4, got "
+                f"{self.relative_attention_num_buckets}."
+            )
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+            raise ValueError(
+                f"`relative_attention_max_distance` ({self.relative_attention_max_distance}) must be greater than half "
+                f"of `relative_attention_num_buckets` ({self.relative_attention_num_buckets})."
             )
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
@@ -160,18 +194,12 @@ class TinyTransformerConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
         if not self.is_encoder_decoder:
             raise ValueError("`is_encoder_decoder` must be true: TinyTransformer is an encoder-decoder model.")
-        weights_file = getattr(self, "transformers_weights", None)
-        if weights_file is not None and not str(weights_file).endswith((".safetensors", ".safetensors.index.json")):
-            # transformers loads the file this names, pickles included; TinyTransformer reads safetensors only.
-            raise ValueError(f"`transformers_weights` must name a safetensors file, got {weights_file!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             value = getattr(self, name)
             if value is None and name != "pad_token_id":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ValueError(
-                    f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}."
-                )
+                raise ValueError(f"`{name}` must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}.")
 
 
 __all__ = ["TinyTransformerConfig"]

@@ -13,25 +13,23 @@ The encoder uses bidirectional self-attention with padding masks, the decoder ca
 encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
 eager is the equations above written out and returns α for interpretability.
 
-This file is copied next to the weights by `save_pretrained`, so it imports only torch, transformers and its sibling
-configuration file.
+In reading order: positions and embeddings, masks, attention, the residual sub-layer and the feed-forward network,
+the two layers, the pre-trained base, the encoder, the decoder and the two public models. Speed paths live in
+fast_paths_tiny_transformer.py, input checks in input_checks_tiny_transformer.py and checkpoint checks in
+checkpoint_checks_tiny_transformer.py. `save_pretrained` copies all of them next to the weights (they import only
+torch, transformers, safetensors and each other), so that `trust_remote_code=True` loads without this package.
 """
 
-import inspect
-import json
 import math
-import os
-import re
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -41,16 +39,31 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.pytorch_utils import Conv1D
-from transformers.utils import cached_file, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from .checkpoint_checks_tiny_transformer import load_checked
 from .configuration_tiny_transformer import TinyTransformerConfig
+from .fast_paths_tiny_transformer import (
+    TinyTransformerProjection,
+    append_in_place,
+    apply_dropout,
+    lean_generation_inputs,
+)
+from .input_checks_tiny_transformer import check_attention_mask, check_embeddings, check_length, check_token_ids
 
 logger = logging.get_logger(__name__)
 
-# transformers renamed the key/value cache from `past_key_values` to `cache` during 5.x (5.17 has the old name,
-# 5.24 the new one). Outputs use whichever field the installed version declares, and `forward` accepts both.
+# transformers renamed the key/value cache argument and output field from `past_key_values` to `cache` during 5.x
+# (5.17 has the old name, 5.24 the new one). The forwards take `cache`; `past_key_values` is renamed to it, with the
+# FutureWarning of the in-tree models where it is deprecated and silently where it is still the current name.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+accepts_old_cache_name = deprecate_kwarg(
+    "past_key_values", version="5.40.0" if CACHE_FIELD == "cache" else "5.0.0", new_name="cache"
+)
 
 # Everything `from_pretrained(..., trust_remote_code=True)` needs to find the classes in a saved checkpoint.
 AUTO_MAP = {
@@ -58,138 +71,6 @@ AUTO_MAP = {
     "AutoModel": "modeling_tiny_transformer.TinyTransformerModel",
     "AutoModelForSeq2SeqLM": "modeling_tiny_transformer.TinyTransformerForConditionalGeneration",
 }
-
-# The only weight files TinyTransformer loads: safetensors, which hold raw tensors and, unlike pickle, cannot run code.
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-
-# Keyword arguments that generate() and the Trainer may pass and that TinyTransformer has no use for.
-IGNORED_FORWARD_KWARGS = {"decoder_position_ids", "position_ids", "token_type_ids", "is_first_iteration"}
-
-# Keyword arguments generate() keeps between decoding steps that the forward does not take (as in transformers'
-# general `prepare_inputs_for_generation`).
-GENERATION_KWARGS_NOT_FOR_FORWARD = {"labels", "next_sequence_length", "is_first_iteration"}
-
-
-def is_tracing() -> bool:
-    """True under torch.compile / torch.export, where input checks that read tensor values must be skipped."""
-    return torch.compiler.is_compiling()
-
-
-def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, allow_ignore_index: bool = False) -> None:
-    """Raise `ValueError` unless `ids` is a [batch, length] integer tensor of ids in [0, vocab_size)."""
-    if not isinstance(ids, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor of token ids, got {type(ids).__name__}.")
-    if ids.dtype not in (torch.int64, torch.int32):
-        # The embedding lookup accepts only these two; anything else would fail deep inside torch.
-        raise ValueError(f"`{name}` must hold integer token ids (torch.long or torch.int32), got dtype {ids.dtype}.")
-    if ids.dim() != 2:
-        raise ValueError(f"`{name}` must have shape [batch, length], got shape {tuple(ids.shape)}.")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise ValueError(f"`{name}` must hold at least one token per row and one row, got shape {tuple(ids.shape)}.")
-    if is_tracing():
-        return
-    # One reduction (and one host read) in the common case, where every id is in range: generate() checks one new
-    # token per step, so this runs once per generated token.
-    lowest, highest = (bound.item() for bound in torch.aminmax(ids))
-    if lowest >= 0 and highest < vocab_size:
-        return
-    valid = (ids >= 0) & (ids < vocab_size)
-    if allow_ignore_index:
-        valid |= ids == -100
-    if not bool(valid.all()):
-        bad = ids[~valid][0].item()
-        allowed = f"[0, {vocab_size})" + (" or -100" if allow_ignore_index else "")
-        raise ValueError(f"`{name}` contains id {bad}, outside the vocabulary {allowed}.")
-
-
-def check_embeddings(embeds: torch.Tensor, name: str, d_model: int) -> None:
-    """Raise `ValueError` unless `embeds` is a floating [batch, length, d_model] tensor."""
-    if not isinstance(embeds, torch.Tensor) or not embeds.dtype.is_floating_point:
-        raise ValueError(f"`{name}` must be a floating-point tensor of shape [batch, length, {d_model}].")
-    if embeds.dim() != 3 or embeds.shape[-1] != d_model or embeds.shape[0] == 0 or embeds.shape[1] == 0:
-        raise ValueError(f"`{name}` must have shape [batch, length, {d_model}], got {tuple(embeds.shape)}.")
-
-
-def check_attention_mask(
-    mask: torch.Tensor | None,
-    name: str,
-    batch_size: int,
-    length: int,
-    allow_4d: bool = False,
-    check_values: bool = True,
-) -> None:
-    """Raise `ValueError` unless `mask` is None or a [batch, length] tensor (1 = attend, 0 = padding).
-
-    `allow_4d` also accepts a ready-made [batch, 1, query, key] mask; only the decoder's self-attention can use one
-    (the encoder derives positions from its 2-D mask). `check_values=False` checks the shape only, for a mask whose
-    values were checked before (the encoder mask at a later decoding step), as reading them costs a host sync.
-    """
-    if mask is None:
-        return
-    if allow_4d and isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[0] == batch_size:
-        # As generate() builds for static caches: used as given.
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or tuple(mask.shape) != (batch_size, length):
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"`{name}` must have shape [batch, length] = {(batch_size, length)}, got {shape}.")
-    if not check_values or is_tracing() or mask.dtype == torch.bool:
-        return
-    if not mask.is_floating_point():
-        # Integer masks are binary exactly when they lie in [0, 1]: one reduction instead of four operations.
-        lowest, highest = (bound.item() for bound in torch.aminmax(mask))
-        if lowest >= 0 and highest <= 1:
-            return
-    # Positions are counted with a cumulative sum of the mask: any value other than 0/1 shifts them silently.
-    is_binary = (mask == 0) | (mask == 1)
-    if not bool(is_binary.all()):
-        bad = mask[~is_binary][0].item()
-        raise ValueError(f"`{name}` must hold only 1 (token) and 0 (padding), got {bad}.")
-
-
-def check_length(length: int, config: TinyTransformerConfig, name: str) -> None:
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"`{name}` reaches position {length}, beyond `max_position_embeddings` "
-            f"({config.max_position_embeddings}); shorten the input or build a model with a longer position table."
-        )
-
-
-class MaskedScale(torch.autograd.Function):
-    """y = x · keep / (1 - p) for a boolean `keep`, which is all the backward keeps (1 byte per element, where
-    torch's CPU dropout keeps a float mask of 4): the same gradient, a quarter of the memory."""
-
-    @staticmethod
-    def forward(ctx, hidden_states: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return torch.where(keep, hidden_states, 0.0).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad_output, 0.0).mul_(ctx.scale), None, None
-
-
-def apply_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout: zero each element with probability `p` and scale the others by 1 / (1 - p).
-
-    On CPU, torch's dropout draws one Bernoulli sample per element, which was 13% of a small model's training step
-    (bench/README.md), and keeps a float mask for the backward. Here one 64-bit random integer holds the 16-bit
-    uniform draws of four elements, and an element is kept when its draw is at least round(p · 2¹⁶): p is rounded to
-    a multiple of 2⁻¹⁶ (at most 7.7e-6 off); the backward keeps a boolean mask (`MaskedScale`). Other devices and
-    compiled graphs have fused dropout kernels of their own and use `F.dropout`.
-    """
-    if not training or p == 0.0:
-        return hidden_states
-    if hidden_states.device.type != "cpu" or is_tracing():
-        return F.dropout(hidden_states, p=p, training=True)
-    count = hidden_states.numel()
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=hidden_states.device).random_(-(2**63), 2**63 - 1)
-    draws = words.view(torch.int16)[:count].view(hidden_states.shape)  # uniform over [-2¹⁵, 2¹⁵)
-    keep = draws >= round(p * 2**16) - 2**15
-    return MaskedScale.apply(hidden_states, keep, 1.0 / (1.0 - p))
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -201,6 +82,15 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
 
 
+# ------------------------------------------------------------------------------------------ positions and embeddings
+def token_positions(attention_mask: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor:
+    """Position of each source token, [batch or 1, length]: counted over real tokens only, so that left padding does
+    not shift them (padding gets position 0)."""
+    if attention_mask is None:
+        return torch.arange(length, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def sinusoidal_position_table(num_positions: int, d_model: int) -> torch.Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)) (Vaswani et al. §3.5)."""
     positions = torch.arange(num_positions, dtype=torch.float32).unsqueeze(1)
@@ -209,25 +99,6 @@ def sinusoidal_position_table(num_positions: int, d_model: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(positions * frequencies)
     table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
     return table
-
-
-class TinyTransformerScaledEmbedding(nn.Embedding):
-    """Token embedding on the scale of the position vectors it is added to.
-
-    With sinusoidal positions (unit amplitude) the token vectors are multiplied by √d_model (Vaswani et al. §3.4).
-    Learned positions are initialised like the token embedding, so the scale is 1: with √d the tokens would start
-    √d times larger than the positions (11x at d_model 128), and the reverse task took 1200 steps to 99% exact match
-    in three seeds of three instead of 1000-1100 (bench/README.md). The scale lives in the module so that
-    `get_input_embeddings()(ids)` gives valid `inputs_embeds`.
-    """
-
-    def __init__(self, config: TinyTransformerConfig):
-        super().__init__(config.vocab_size, config.d_model)
-        self.embed_scale = math.sqrt(config.d_model) if config.position_embedding_type == "sinusoidal" else 1.0
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        embeddings = super().forward(input_ids)
-        return embeddings * self.embed_scale if self.embed_scale != 1.0 else embeddings
 
 
 class TinyTransformerSinusoidalPositions(nn.Module):
@@ -241,27 +112,117 @@ class TinyTransformerSinusoidalPositions(nn.Module):
         return F.embedding(position_ids, self.weight)
 
 
-def build_position_embedding(config: TinyTransformerConfig) -> nn.Module:
+def absolute_position_embedding(config: TinyTransformerConfig) -> nn.Module | None:
+    """The position vectors added to the token embeddings, or None where positions act inside attention."""
     if config.position_embedding_type == "learned":
         return nn.Embedding(config.max_position_embeddings, config.d_model)
-    return TinyTransformerSinusoidalPositions(config.max_position_embeddings, config.d_model)
+    if config.position_embedding_type == "sinusoidal":
+        return TinyTransformerSinusoidalPositions(config.max_position_embeddings, config.d_model)
+    return None
 
 
+class TinyTransformerScaledEmbedding(nn.Embedding):
+    """Token embedding on the scale of the position vectors it is added to.
 
-class TinyTransformerProjection(Conv1D):
-    """y = x W + b with W stored as [in_features, out_features], the way the design document writes Q = X W_q.
-
-    On a CPU this layout multiplies 1.3-2x faster than `nn.Linear`'s [out, in] for the few rows of a decoding step
-    (1 to 32 tokens; bench/README.md) and as fast for training's thousands. It is transformers' `Conv1D` (the
-    projection layer of GPT-2, with the same weight layout), made to accept inputs of any memory layout.
+    With sinusoidal positions (unit amplitude) the token vectors are multiplied by √d_model (Vaswani et al. §3.4).
+    Learned positions are initialised like the token embedding, and relative positions add nothing, so the scale is
+    1 (with √d, the reverse task took 1200 steps to 99% exact match instead of 1000-1100; bench/README.md). The scale
+    lives in the module so that `get_input_embeddings()(ids)` gives valid `inputs_embeds`.
     """
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(nf=out_features, nx=in_features)
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__(config.vocab_size, config.d_model)
+        self.embed_scale = math.sqrt(config.d_model) if config.position_embedding_type == "sinusoidal" else 1.0
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output = torch.addmm(self.bias, hidden_states.reshape(-1, self.nx), self.weight)
-        return output.view(*hidden_states.shape[:-1], self.nf)
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = super().forward(input_ids)
+        return embeddings * self.embed_scale if self.embed_scale != 1.0 else embeddings
+
+
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's buckets for key position - query position (Raffel et al. 2020, §2.1): one bucket per distance below
+    half of the buckets (of a side, when bidirectional), logarithmically wider ones up to `max_distance`, and one
+    for everything farther, so distances never seen in training share a bucket with ones that were."""
+    bucket = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (relative_position > 0).long() * num_buckets  # keys after the query get their own half
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # a causal query sees only keys at or before it
+    exact = num_buckets // 2
+    logarithmic = (
+        exact
+        + (
+            torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+        ).long()
+    )
+    return bucket + torch.where(distance < exact, distance, logarithmic.clamp(max=num_buckets - 1))
+
+
+class TinyTransformerRelativePositionBias(nn.Module):
+    """B[h, i, j] = b_h(bucket(key_j - query_i)): one learned bias per head and distance bucket, added to the
+    attention scores, S = QKᵀ/√d + B. Shared by all the layers of a stack, as in T5."""
+
+    def __init__(self, config: TinyTransformerConfig, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.bias = nn.Embedding(self.num_buckets, config.num_attention_heads)
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """[batch or 1, query] and [batch or 1, key] positions -> B as [batch or 1, heads, query, key]."""
+        relative_position = key_positions[:, None, :] - query_positions[:, :, None]
+        buckets = relative_position_bucket(relative_position, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.bias(buckets).permute(0, 3, 1, 2)
+
+
+class TinyTransformerEncoderDecoderPositionBias(nn.Module):
+    """The relative bias of encoder-decoder attention, between output position i and source position j: counted
+    from the start of the source, and from its end (its last token, </s>, is 0), B = b_start(j - i) + b_end(j' - i).
+
+    Aligning output and source is what copying, reversing and transliterating need, and either count lets a head
+    find "the source token at my own distance from the start (or the end)" for any length. Absolute positions leave
+    that alignment to the content, and fail past the lengths seen in training.
+    """
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.from_start = TinyTransformerRelativePositionBias(config, bidirectional=True)
+        self.from_end = TinyTransformerRelativePositionBias(config, bidirectional=True)
+
+    def forward(
+        self, query_positions: torch.Tensor, source_positions: torch.Tensor, source_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """[1, query] output positions, [batch or 1, source] source positions and [batch or 1, 1] source lengths
+        -> B as [batch or 1, heads, query, source]."""
+        source_positions_from_end = source_lengths - 1 - source_positions
+        return self.from_start(query_positions, source_positions) + self.from_end(
+            query_positions, source_positions_from_end
+        )
+
+
+def check_position_bias_backend(config: TinyTransformerConfig) -> None:
+    if config._attn_implementation not in ("eager", "sdpa"):
+        raise ValueError(
+            "position_embedding_type='relative' adds a bias to the attention scores, which attn_implementation "
+            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------- masks
+# Each attention of a stack gets one mask per forward, built once by the functions below and shared by its layers:
+# - None: no key is padding. A causal attention (module.is_causal) then masks future keys itself, and every backend
+#   runs its unmasked kernel;
+# - SDPA and eager: a boolean [batch, 1, 1 or query, key] tensor, True where a key may be attended; with relative
+#   positions an additive float [batch or 1, heads, query, key] tensor, the position bias B where a key may be
+#   attended and a large negative score where not;
+# - other backends (flash, flex, ...): the formats transformers' `create_*_mask` builds for them.
+MASKED_SCORE = torch.finfo(torch.float16).min  # representable in every float dtype, so autocast keeps it finite
+
 
 def padding_mask(
     config: TinyTransformerConfig,
@@ -270,21 +231,45 @@ def padding_mask(
     encoder_hidden_states: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """The mask of a non-causal attention whose keys `attention_mask` [batch, key] marks 1 (token) or 0 (padding):
-    encoder self-attention, or encoder-decoder attention (keys from `encoder_hidden_states`).
-
-    Built once per forward and shared by every layer, in the cheapest form the attention backend accepts:
-    - no padding: None, for every backend, which then runs its unmasked kernel;
-    - SDPA and eager: the boolean [batch, 1, 1, key] view of the mask, which broadcasts over heads and queries, so no
-      [batch, 1, query, key] tensor is built;
-    - other backends (flash, flex, ...): transformers' `create_bidirectional_mask`, which builds their formats.
-    """
-    if attention_mask is None or (not is_tracing() and bool(attention_mask.all())):
+    encoder self-attention, or encoder-decoder attention (keys from `encoder_hidden_states`)."""
+    if attention_mask is None or (not is_torchdynamo_compiling() and bool(attention_mask.all())):
         return None
     if config._attn_implementation in ("sdpa", "eager"):
+        # A view that broadcasts over heads and queries: no [batch, 1, query, key] tensor is built.
         return attention_mask[:, None, None, :].bool()
     return create_bidirectional_mask(config, inputs_embeds, attention_mask, encoder_hidden_states)
 
 
+def causal_mask(
+    config: TinyTransformerConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: EncoderDecoderCache | None,
+) -> torch.Tensor | None:
+    """The mask of the decoder's causal self-attention, given its [batch, key] padding mask (or a ready 4-D one)."""
+    self_attention_cache = cache.self_attention_cache if cache is not None else None
+    if attention_mask is None and inputs_embeds.shape[1] == 1 and not (cache is not None and cache.is_compileable):
+        # A cached decoding step: its one query, at the last position, may attend to every key a dynamic cache holds
+        # (a static cache also holds empty slots, which must be masked).
+        return None
+    # Positional arguments: the name of the cache argument differs between transformers 5.x releases.
+    return create_causal_mask(config, inputs_embeds, attention_mask, self_attention_cache)
+
+
+def add_position_bias(mask: torch.Tensor | None, position_bias: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """The additive mask of S = QKᵀ/√d + B: the position bias B where `mask` lets a query attend to a key."""
+    query_length, key_length = position_bias.shape[-2:]
+    if mask is None and is_causal:
+        # Query i sits at position key_length - query_length + i (a cache holds the earlier keys).
+        mask = torch.ones(query_length, key_length, dtype=torch.bool, device=position_bias.device)
+        mask = mask.tril(key_length - query_length)
+    if mask is None:
+        return position_bias
+    allowed = mask if mask.dtype == torch.bool else mask == 0  # eager masks are additive: 0 where allowed
+    return position_bias.masked_fill(~allowed, MASKED_SCORE)
+
+
+# ----------------------------------------------------------------------------------------------------------- attention
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -295,106 +280,23 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The design document's attention, written out. query/key/value: [batch, heads, length, head_dim].
-
-    `attention_mask` may be an additive float mask (eager masks), a boolean mask where True means "attend" (SDPA
-    masks), or None, in which case a causal module masks future keys itself. Returns the output as
-    [batch, query, heads, head_dim] and α as [batch, heads, query, key].
-    """
+    """The design document's attention, written out. query/key/value: [batch, heads, length, head_dim]; the mask in
+    any form of the masks section above. Returns the output as [batch, query, heads, head_dim] and α as
+    [batch, heads, query, key]."""
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # S = QKᵀ/√d
     query_length, key_length = scores.shape[-2:]
     if attention_mask is None and module.is_causal and query_length > 1:
-        # Query i sits at position key_length - query_length + i (a cache holds the earlier keys).
-        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device).tril(
-            key_length - query_length
-        )
+        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device)
+        attention_mask = attention_mask.tril(key_length - query_length)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask[..., :key_length]
+            scores = scores + attention_mask[..., :key_length]  # + B, with relative positions
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # α = row softmax(S)
     weights = apply_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value)  # O = αV
     return output.transpose(1, 2).contiguous(), weights
-
-
-
-class InPlaceAppendLayer(DynamicLayer):
-    """A self-attention cache layer that appends each step's keys and values in place.
-
-    transformers' `DynamicLayer` concatenates the new token onto the whole cache at every step, copying all of it:
-    a fifth of a small model's decoding step at batch 32 on a CPU. This layer writes the new keys and values into a
-    buffer with room to spare (grown 64 positions at a time, so at most 63 are unused) and returns views of its
-    filled part, so a step copies only its own token. When anything outside replaces `keys`/`values` (cropping,
-    offloading, batch selection), the next update copies them into a new buffer; beam reordering reorders the buffer.
-    Used under `torch.no_grad()`/`inference_mode()` only: with autograd on, writing into a buffer that earlier steps
-    read would break their backward, so those updates concatenate as `DynamicLayer` does.
-    """
-
-    growth = 64  # positions added per reallocation
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.key_buffer: torch.Tensor | None = None
-        self.value_buffer: torch.Tensor | None = None
-        self.views: tuple[torch.Tensor, torch.Tensor] | None = None  # the (keys, values) this layer last returned
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
-            return super().update(key_states, value_states, *args, **kwargs)
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.keys.shape[2] if self.keys.dim() == 4 else 0  # lazy initialisation leaves an empty 1-D tensor
-        filled = length + key_states.shape[2]
-        if not self.holds_its_views() or filled > self.key_buffer.shape[2]:
-            # First update, a full buffer, or `keys` replaced from outside: a new buffer around what `keys` holds.
-            capacity = -(-filled // self.growth) * self.growth
-            self.key_buffer = self.reallocate(self.keys, key_states, length, capacity)
-            self.value_buffer = self.reallocate(self.values, value_states, length, capacity)
-        # `narrow` along the position axis: the cheapest view to make, as this runs for every layer at every step.
-        self.key_buffer.narrow(2, length, key_states.shape[2]).copy_(key_states)
-        self.value_buffer.narrow(2, length, value_states.shape[2]).copy_(value_states)
-        self.keep_views(filled)
-        return self.keys, self.values
-
-    def holds_its_views(self) -> bool:
-        """Whether `keys` and `values` are still the buffer views this layer returned (nothing replaced them)."""
-        return self.views is not None and self.keys is self.views[0] and self.values is self.views[1]
-
-    def keep_views(self, length: int) -> None:
-        """`keys` and `values` become the first `length` positions of the buffers."""
-        self.keys, self.values = self.key_buffer.narrow(2, 0, length), self.value_buffer.narrow(2, 0, length)
-        self.views = (self.keys, self.values)
-
-    @staticmethod
-    def reallocate(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
-        """A buffer of `capacity` positions shaped like `new`, starting with the first `length` positions of `old`."""
-        batch_size, num_heads, _, head_dim = new.shape
-        buffer = new.new_empty(batch_size, num_heads, capacity, head_dim)
-        if length:
-            buffer.narrow(2, 0, length).copy_(old.narrow(2, 0, length))
-        return buffer
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.holds_its_views():
-            length = self.keys.shape[2]
-            self.key_buffer = self.key_buffer.index_select(0, beam_idx.to(self.key_buffer.device))
-            self.value_buffer = self.value_buffer.index_select(0, beam_idx.to(self.value_buffer.device))
-            self.keep_views(length)
-        else:
-            super().reorder_cache(beam_idx)
-
-
-def append_in_place(cache: Cache) -> None:
-    """Swap the empty `DynamicLayer`s of a self-attention cache (as generate() and the decoder create them) for
-    `InPlaceAppendLayer`s. Layers already holding states, and every other kind of cache, are left as they are."""
-    layers = getattr(cache, "layers", None)
-    if not layers:
-        return
-    for index, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and not layer.is_initialized:
-            layers[index] = InPlaceAppendLayer()
 
 
 class TinyTransformerAttention(nn.Module):
@@ -426,10 +328,10 @@ class TinyTransformerAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None = None,
         cache: Cache | None = None,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, query_length, _ = hidden_states.shape
         if self.is_cross_attention:
@@ -459,7 +361,7 @@ class TinyTransformerAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
 
         implementation = self.config._attn_implementation
-        if output_attentions or implementation == "eager":
+        if kwargs.get("output_attentions") or implementation == "eager":
             # Only the eager path materialises α; it understands the eager and the SDPA mask formats, not the masks
             # built for flash (2-D) or flex (BlockMask).
             if implementation not in ("eager", "sdpa"):
@@ -469,6 +371,9 @@ class TinyTransformerAttention(nn.Module):
             attention_function: Callable = eager_attention_forward
         else:
             attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
+                # SDPA takes a float mask (a position bias, built in float32) only in the query's dtype (autocast).
+                attention_mask = attention_mask.to(query.dtype)
         output, weights = attention_function(
             self,
             query,
@@ -481,6 +386,26 @@ class TinyTransformerAttention(nn.Module):
         # Recombine the heads: [batch, query, heads, head_dim] -> [batch, query, d], then W_o.
         output = self.out_proj(output.reshape(batch_size, query_length, -1))
         return output, weights
+
+
+# ------------------------------------------------------------------------------------------------------------ layers
+class TinyTransformerResidual(nn.Module):
+    """The LayerNorm, dropout and residual connection around one sub-layer f:
+
+    pre-norm:   x + dropout(f(LayerNorm(x)))
+    post-norm:  LayerNorm(x + dropout(f(x)))        (Vaswani et al. §5.4; the design document's Y = S + O')
+    """
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.normalize_before = config.norm_position == "pre"
+        self.dropout = config.dropout
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        output = sublayer(self.layer_norm(hidden_states) if self.normalize_before else hidden_states)
+        hidden_states = hidden_states + apply_dropout(output, self.dropout, self.training)
+        return hidden_states if self.normalize_before else self.layer_norm(hidden_states)
 
 
 class TinyTransformerFeedForward(nn.Module):
@@ -497,56 +422,36 @@ class TinyTransformerFeedForward(nn.Module):
 
 
 class TinyTransformerEncoderLayer(GradientCheckpointingLayer):
-    """Bidirectional self-attention, then feed-forward; each sub-layer wrapped as norm/residual/dropout."""
+    """Bidirectional self-attention, then feed-forward, each inside a residual sub-layer."""
 
     def __init__(self, config: TinyTransformerConfig, layer_idx: int):
         super().__init__()
-        self.normalize_before = config.norm_position == "pre"
-        self.dropout = config.dropout
         self.self_attn = TinyTransformerAttention(config, layer_idx, is_causal=False, is_cross_attention=False)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_residual = TinyTransformerResidual(config)
         self.feed_forward = TinyTransformerFeedForward(config)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward_residual = TinyTransformerResidual(config)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states, self_attention_weights = self.self_attn(
-            hidden_states, attention_mask, output_attentions=output_attentions
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        hidden_states = self.self_attn_residual(
+            hidden_states, lambda normed: self.self_attn(normed, attention_mask, **kwargs)[0]
         )
-        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
-        if not self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = self.feed_forward(hidden_states)
-        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
-        if not self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        return hidden_states, self_attention_weights
+        return self.feed_forward_residual(hidden_states, self.feed_forward)
 
 
 class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
-    """Causal self-attention, encoder-decoder attention (Y = S + O'), then feed-forward."""
+    """Causal self-attention, encoder-decoder attention (Y = S + O'), then feed-forward, each inside a residual
+    sub-layer."""
 
     def __init__(self, config: TinyTransformerConfig, layer_idx: int):
         super().__init__()
-        self.normalize_before = config.norm_position == "pre"
-        self.dropout = config.dropout
         self.self_attn = TinyTransformerAttention(config, layer_idx, is_causal=True, is_cross_attention=False)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_residual = TinyTransformerResidual(config)
         self.encoder_attn = TinyTransformerAttention(config, layer_idx, is_causal=False, is_cross_attention=True)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.encoder_attn_residual = TinyTransformerResidual(config)
         self.feed_forward = TinyTransformerFeedForward(config)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.feed_forward_residual = TinyTransformerResidual(config)
 
     def forward(
         self,
@@ -555,48 +460,26 @@ class TinyTransformerDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states, self_attention_weights = self.self_attn(
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        self_attention_cache = cache.self_attention_cache if cache is not None else None
+        hidden_states = self.self_attn_residual(
             hidden_states,
-            attention_mask,
-            cache=cache.self_attention_cache if cache is not None else None,
-            output_attentions=output_attentions,
+            lambda normed: self.self_attn(normed, attention_mask, cache=self_attention_cache, **kwargs)[0],
         )
-        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
-        if not self.normalize_before:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
         # Encoder-decoder attention: Q from the decoder states S, K and V from the encoder states H; Y = S + O'.
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.encoder_attn_layer_norm(hidden_states)
-        hidden_states, cross_attention_weights = self.encoder_attn(
+        hidden_states = self.encoder_attn_residual(
             hidden_states,
-            encoder_attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-            cache=cache,
-            output_attentions=output_attentions,
+            lambda normed: self.encoder_attn(
+                normed, encoder_attention_mask, encoder_hidden_states, cache=cache, **kwargs
+            )[0],
         )
-        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
-        if not self.normalize_before:
-            hidden_states = self.encoder_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = self.feed_forward(hidden_states)
-        hidden_states = residual + apply_dropout(hidden_states, self.dropout, self.training)
-        if not self.normalize_before:
-            hidden_states = self.final_layer_norm(hidden_states)
-        return hidden_states, self_attention_weights, cross_attention_weights
+        return self.feed_forward_residual(hidden_states, self.feed_forward)
 
 
+# ------------------------------------------------------------------------------------------------- pre-trained base
 class TinyTransformerPreTrainedModel(PreTrainedModel):
-    """Weight initialisation, capability flags and Hub-ready saving shared by the TinyTransformer models."""
+    """Weight initialisation, capability flags, checked loading and Hub-ready saving of the TinyTransformer models."""
 
     config_class = TinyTransformerConfig
     base_model_prefix = "model"
@@ -620,39 +503,10 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, stricter about what it reads.
-
-        - Weights are read from safetensors files only; nothing is ever unpickled.
-        - A damaged or truncated weight file, a checkpoint whose tensors do not fit `config.json` (shapes, missing
-          or extra layers), or non-finite weights raise `ValueError` naming the file and the config fields to
-          check. `ignore_mismatched_sizes=True` keeps transformers' behaviour for shape mismatches.
-        """
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        source = str(pretrained_model_name_or_path)
-        if pretrained_model_name_or_path is not None:
-            check_weights_are_safetensors(pretrained_model_name_or_path, kwargs)
-            kwargs["use_safetensors"] = True
-        try:
-            model, loading_info = super().from_pretrained(
-                pretrained_model_name_or_path,
-                *model_args,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,  # mismatches are reported below, by name
-                **kwargs,
-            )
-        except SafetensorError as error:
-            raise ValueError(
-                f"{source}: `{SAFE_WEIGHTS_NAME}` is damaged or truncated ({error}); save or download it again."
-            ) from error
-        check_checkpoint_matches_config(loading_info, source, ignore_mismatched_sizes)
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all()):
-                raise ValueError(
-                    f"{source}: tensor {name} in `{SAFE_WEIGHTS_NAME}` holds NaN or infinite values; the file is "
-                    "damaged or was saved from a diverged run."
-                )
-        return (model, loading_info) if output_loading_info else model
+        """`PreTrainedModel.from_pretrained`, which raises `ValueError` naming file and tensor for a damaged weight
+        file, tensors that do not fit `config.json` and NaN/Inf weights (see checkpoint_checks_tiny_transformer.py).
+        Missing weights are initialised and reported as by every transformers model."""
+        return load_checked(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Each class registers one Auto class; list all three so the checkpoint loads through any of them.
@@ -660,117 +514,37 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-def check_weights_are_safetensors(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict) -> None:
-    """Refuse every way `PreTrainedModel.from_pretrained` has of unpickling a file (`torch.load`), before it runs.
+# -------------------------------------------------------------------------------------------------- encoder, decoder
+class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
+    """Token embeddings (+ position vectors), then `encoder_layers` encoder layers (and a final LayerNorm when
+    pre-norm)."""
 
-    Those are: `use_safetensors=False` or a checkpoint with no safetensors file (it falls back to
-    `pytorch_model.bin`), a path to a single non-safetensors file, and a `model.safetensors.index.json` whose shards
-    are not safetensors files. (A `transformers_weights` entry in `config.json` is checked by the config.)
-    """
-    source = str(pretrained_model_name_or_path)
-    if kwargs.get("use_safetensors") is False:
-        raise ValueError(
-            "TinyTransformer loads safetensors weights only; `use_safetensors=False` would unpickle "
-            "`pytorch_model.bin`, and unpickling can run arbitrary code."
-        )
-    if os.path.isfile(source) and not source.endswith(".safetensors"):
-        raise ValueError(f"{source}: TinyTransformer loads safetensors weight files only, not pickle-based ones.")
-    index_file = cached_file(
-        source,
-        SAFE_WEIGHTS_INDEX_NAME,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        _raise_exceptions_for_gated_repo=False,
-        **{name: kwargs[name] for name in HUB_DOWNLOAD_KWARGS if name in kwargs},
-    )
-    if index_file is None:
-        return
-    try:
-        with open(index_file, encoding="utf-8") as file:
-            shards = set(json.load(file)["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{source}: `{SAFE_WEIGHTS_INDEX_NAME}` is not a valid weight index ({error!r}).") from error
-    unsafe = sorted(
-        shard
-        for shard in map(str, shards)
-        if not shard.endswith(".safetensors") or os.path.isabs(shard) or ".." in re.split(r"[\\/]", shard)
-    )
-    if unsafe:
-        raise ValueError(
-            f"{source}: `{SAFE_WEIGHTS_INDEX_NAME}` lists weight files {unsafe}; TinyTransformer loads only "
-            "safetensors files inside the checkpoint."
-        )
-
-
-def config_fields_for_weight(key: str, problem: str) -> str:
-    """The `config.json` fields that decide whether checkpoint tensor `key` exists (problem "missing"/"unexpected")
-    or what shape it has (problem "shape"), to point error messages at the field to check."""
-    if "embed_tokens" in key or key.startswith("lm_head"):
-        return "`vocab_size`, `d_model`, `tie_word_embeddings`"
-    if "embed_positions" in key:
-        return "`position_embedding_type`, `max_position_embeddings`, `d_model`"
-    stack = re.search(r"(encoder|decoder)\.layers\.\d+", key)
-    if problem != "shape":
-        return f"`{stack.group(1)}_layers`" if stack else "`norm_position`"
-    return "`ffn_dim`, `d_model`" if "feed_forward" in key else "`d_model`"
-
-
-def check_checkpoint_matches_config(loading_info: dict, source: str, ignore_mismatched_sizes: bool) -> None:
-    """Raise `ValueError` if the checkpoint's tensors do not fit the model its `config.json` describes.
-
-    transformers only logs missing and unexpected tensors (leaving the missing ones randomly initialised) and
-    raises an opaque RuntimeError on shape mismatches. A head loaded from a bare-model checkpoint may lack `lm_head`
-    (and a bare model loaded from a head checkpoint has an unused one): that is expected, not a mismatch.
-    """
-    problems = []
-    if not ignore_mismatched_sizes:
-        for key, checkpoint_shape, model_shape in sorted(loading_info["mismatched_keys"]):
-            problems.append(
-                f"{key} has shape {tuple(checkpoint_shape)} in the checkpoint but the config gives "
-                f"{tuple(model_shape)} (check {config_fields_for_weight(key, 'shape')})"
-            )
-    for problem, where in (
-        ("missing", "is missing from the checkpoint"),
-        ("unexpected", "is not in the config's model"),
-    ):
-        # One entry per whole layer ("model.encoder.layers.1.*") rather than one per tensor.
-        keys = {re.sub(r"(layers\.\d+)\..*", r"\1.*", key) for key in loading_info[f"{problem}_keys"]}
-        for key in sorted(keys):
-            if not key.startswith("lm_head."):
-                problems.append(f"{key} {where} (check {config_fields_for_weight(key, problem)})")
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-        raise ValueError(f"{source}: `{SAFE_WEIGHTS_NAME}` does not match `config.json`: {shown}.")
-
-
-class TinyTransformerEncoder(nn.Module):
-    """Token + position embeddings, then `encoder_layers` encoder layers (and a final LayerNorm when pre-norm)."""
+    _can_record_outputs = {"hidden_states": TinyTransformerEncoderLayer, "attentions": TinyTransformerAttention}
 
     def __init__(self, config: TinyTransformerConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.embed_tokens = TinyTransformerScaledEmbedding(config)
-        self.embed_positions = build_position_embedding(config)
+        self.embed_positions = absolute_position_embedding(config)
+        self.self_attention_position_bias = (
+            TinyTransformerRelativePositionBias(config, bidirectional=True)
+            if config.position_embedding_type == "relative"
+            else None
+        )
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
         self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
-        self.gradient_checkpointing = False
+        self.post_init()
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
         config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
+        kwargs.pop("cache", None)  # generate() in transformers 5.17 hands a user's decoder cache to the encoder too
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
         if input_ids is not None:
@@ -780,51 +554,53 @@ class TinyTransformerEncoder(nn.Module):
             check_embeddings(inputs_embeds, "inputs_embeds", config.d_model)
         batch_size, source_length = inputs_embeds.shape[:2]
         check_attention_mask(attention_mask, "attention_mask", batch_size, source_length)
-        check_length(source_length, config, "input_ids")
+        check_length(source_length, config.position_limit, "input_ids")
 
-        if attention_mask is None:
-            position_ids = torch.arange(source_length, device=inputs_embeds.device)
-        else:
-            # Count positions over real tokens only, so that left padding does not shift them.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden_states = inputs_embeds + self.embed_positions(position_ids)
+        position_ids = token_positions(attention_mask, source_length, inputs_embeds.device)
+        hidden_states = inputs_embeds
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids)
         hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         self_attention_mask = padding_mask(config, inputs_embeds, attention_mask)
+        if self.self_attention_position_bias is not None:
+            check_position_bias_backend(config)
+            position_bias = self.self_attention_position_bias(position_ids, position_ids)
+            self_attention_mask = add_position_bias(self_attention_mask, position_bias, is_causal=False)
 
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden_states, attention_weights = layer(hidden_states, self_attention_mask, output_attentions)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            if output_attentions:
-                all_attentions.append(attention_weights)
+            hidden_states = layer(hidden_states, self_attention_mask, **kwargs)
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
-            if output_hidden_states:
-                all_hidden_states[-1] = hidden_states
-
-        output = BaseModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class TinyTransformerDecoder(nn.Module):
-    """Token + position embeddings, then `decoder_layers` decoder layers attending to the encoder states."""
+class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
+    """Token embeddings (+ position vectors), then `decoder_layers` decoder layers attending to the encoder states
+    (and a final LayerNorm when pre-norm)."""
+
+    _can_record_outputs = {
+        "hidden_states": TinyTransformerDecoderLayer,
+        "attentions": OutputRecorder(TinyTransformerAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(TinyTransformerAttention, index=1, layer_name="encoder_attn"),
+    }
 
     def __init__(self, config: TinyTransformerConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.embed_tokens = TinyTransformerScaledEmbedding(config)
-        self.embed_positions = build_position_embedding(config)
+        self.embed_positions = absolute_position_embedding(config)
+        relative = config.position_embedding_type == "relative"
+        self.self_attention_position_bias = (
+            TinyTransformerRelativePositionBias(config, bidirectional=False) if relative else None
+        )
+        self.encoder_attention_position_bias = TinyTransformerEncoderDecoderPositionBias(config) if relative else None
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
-        self.gradient_checkpointing = False
+        self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -834,18 +610,9 @@ class TinyTransformerDecoder(nn.Module):
         cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         config = self.config
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-        use_cache = use_cache if use_cache is not None else config.use_cache
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `decoder_input_ids` and `decoder_inputs_embeds` to the decoder.")
         if encoder_hidden_states is None:
@@ -857,103 +624,64 @@ class TinyTransformerDecoder(nn.Module):
             check_embeddings(inputs_embeds, "decoder_inputs_embeds", config.d_model)
         batch_size, target_length = inputs_embeds.shape[:2]
         check_embeddings(encoder_hidden_states, "encoder_hidden_states", config.d_model)
+        source_length = encoder_hidden_states.shape[1]
         if encoder_hidden_states.shape[0] != batch_size:
             raise ValueError(
                 f"The encoder states hold {encoder_hidden_states.shape[0]} sequences but the decoder input holds "
                 f"{batch_size}; pass `input_ids`/`encoder_outputs` and `decoder_input_ids` with the same batch size."
             )
 
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        elif not use_cache:
+        if not use_cache:
             cache = None
+        elif cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
         elif not isinstance(cache, EncoderDecoderCache):
             raise ValueError(f"The decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
         past_length = cache.get_seq_length() if cache is not None else 0
-        if cache is not None and not is_tracing() and past_length == 0:
+        if cache is not None and not is_torchdynamo_compiling() and past_length == 0:
             append_in_place(cache.self_attention_cache)  # a fresh cache: swapped once, at its first step
         # Once the cache holds the encoder-decoder K and V, the encoder side was checked at the generation's first step.
         encoder_side_checked = cache is not None and bool(cache.is_updated.get(0))
         check_attention_mask(
-            encoder_attention_mask,
-            "attention_mask",
-            batch_size,
-            encoder_hidden_states.shape[1],
-            check_values=not encoder_side_checked,
+            encoder_attention_mask, "attention_mask", batch_size, source_length, check_values=not encoder_side_checked
         )
-        if not is_tracing():
-            check_length(int(past_length) + target_length, config, "decoder_input_ids")
-            check_attention_mask(
-                attention_mask, "decoder_attention_mask", batch_size, int(past_length) + target_length, allow_4d=True
-            )
+        if not is_torchdynamo_compiling():
+            total_length = int(past_length) + target_length
+            check_length(total_length, config.position_limit, "decoder_input_ids")
+            check_attention_mask(attention_mask, "decoder_attention_mask", batch_size, total_length, allow_4d=True)
 
-        position_ids = torch.arange(target_length, device=inputs_embeds.device) + past_length
-        hidden_states = inputs_embeds + self.embed_positions(position_ids)
+        position_ids = torch.arange(target_length, device=inputs_embeds.device)[None] + past_length
+        hidden_states = inputs_embeds
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids)
         hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
-        # Masks are built once per forward and shared by every layer.
-        if attention_mask is None and target_length == 1 and not (cache is not None and cache.is_compileable):
-            # A cached decoding step: its one query, at the last position, may attend to every key a dynamic cache
-            # holds, so no backend needs a mask (a static cache also holds empty slots, which must be masked).
-            self_attention_mask = None
-        else:
-            # Positional arguments: the name of the cache argument differs between transformers 5.x releases.
-            self_attention_mask = create_causal_mask(
-                config, inputs_embeds, attention_mask, cache.self_attention_cache if cache is not None else None
-            )
+        self_attention_mask = causal_mask(config, inputs_embeds, attention_mask, cache)
         cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
+        if self.self_attention_position_bias is not None:
+            check_position_bias_backend(config)
+            key_positions = torch.arange(past_length + target_length, device=inputs_embeds.device)[None]
+            position_bias = self.self_attention_position_bias(position_ids, key_positions)
+            self_attention_mask = add_position_bias(self_attention_mask, position_bias, is_causal=True)
+            source_positions = token_positions(encoder_attention_mask, source_length, inputs_embeds.device)
+            source_lengths = source_positions.max(-1, keepdim=True).values + 1
+            position_bias = self.encoder_attention_position_bias(position_ids, source_positions, source_lengths)
+            cross_attention_mask = add_position_bias(cross_attention_mask, position_bias, is_causal=False)
 
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        all_self_attentions = [] if output_attentions else None
-        all_cross_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden_states, self_attention_weights, cross_attention_weights = layer(
+            hidden_states = layer(
                 hidden_states,
                 self_attention_mask,
                 encoder_hidden_states,  # positional, so gradient checkpointing propagates its gradient
                 cross_attention_mask,
                 cache=cache,
-                output_attentions=output_attentions,
+                **kwargs,
             )
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            if output_attentions:
-                all_self_attentions.append(self_attention_weights)
-                all_cross_attentions.append(cross_attention_weights)
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
-            if output_hidden_states:
-                all_hidden_states[-1] = hidden_states
-
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_self_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross_attentions) if output_attentions else None,
-            **{CACHE_FIELD: cache},
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
 
-def warn_about_unused_kwargs(kwargs: dict) -> None:
-    unused = set(kwargs) - IGNORED_FORWARD_KWARGS
-    if unused:
-        logger.warning_once(f"TinyTransformer ignores these unknown forward arguments: {sorted(unused)}")
-
-
-def seq2seq_output_fields(
-    encoder_outputs: BaseModelOutput, decoder_outputs: BaseModelOutputWithPastAndCrossAttentions
-) -> dict:
-    """The fields that Seq2SeqModelOutput and Seq2SeqLMOutput both take from the encoder's and decoder's outputs."""
-    return {
-        "decoder_hidden_states": decoder_outputs.hidden_states,
-        "decoder_attentions": decoder_outputs.attentions,
-        "cross_attentions": decoder_outputs.cross_attentions,
-        "encoder_last_hidden_state": encoder_outputs.last_hidden_state,
-        "encoder_hidden_states": encoder_outputs.hidden_states,
-        "encoder_attentions": encoder_outputs.attentions,
-        CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD),
-    }
-
+# ----------------------------------------------------------------------------------------------------- public models
 class TinyTransformerModel(TinyTransformerPreTrainedModel):
     """The bare encoder-decoder: returns the decoder's last hidden states (no language-model head)."""
 
@@ -973,12 +701,8 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
         self.encoder.embed_tokens = value
         self.decoder.embed_tokens = value
 
-    def get_encoder(self) -> TinyTransformerEncoder:
-        return self.encoder
-
-    def get_decoder(self) -> TinyTransformerDecoder:
-        return self.decoder
-
+    @can_return_tuple
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -990,57 +714,11 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqModelOutput | tuple:
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-        kwargs.pop("num_items_in_batch", None)
-        warn_about_unused_kwargs(kwargs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoder_outputs, decoder_outputs = self.encode_and_decode(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            decoder_inputs_embeds=decoder_inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        fields = seq2seq_output_fields(encoder_outputs, decoder_outputs)
-        output = Seq2SeqModelOutput(last_hidden_state=decoder_outputs.last_hidden_state, **fields)
-        return output if return_dict else output.to_tuple()
-
-    def encode_and_decode(
-        self,
-        input_ids: torch.LongTensor | None,
-        attention_mask: torch.Tensor | None,
-        decoder_input_ids: torch.LongTensor | None,
-        decoder_attention_mask: torch.Tensor | None,
-        encoder_outputs: BaseModelOutput | tuple | None,
-        cache: EncoderDecoderCache | None,
-        inputs_embeds: torch.Tensor | None,
-        decoder_inputs_embeds: torch.Tensor | None,
-        use_cache: bool | None,
-        output_attentions: bool | None,
-        output_hidden_states: bool | None,
-    ) -> tuple[BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions]:
-        """The encoder (unless `encoder_outputs` are given), then the decoder: the work of `forward`, which
-        TinyTransformerForConditionalGeneration calls directly. Through `forward` it would also build a
-        Seq2SeqModelOutput only to unpack it, 40 µs, 3% of a small model's decoding step on a CPU."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(
@@ -1060,11 +738,18 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            **kwargs,
         )
-        return encoder_outputs, decoder_outputs
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
+        )
 
 
 class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, GenerationMixin):
@@ -1078,12 +763,6 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_encoder(self) -> TinyTransformerEncoder:
-        return self.model.encoder
-
-    def get_decoder(self) -> TinyTransformerDecoder:
-        return self.model.decoder
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by `DataCollatorForSeq2Seq(model=...)` to build `decoder_input_ids` in the data loader."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -1094,30 +773,21 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         next_sequence_length: int | None = None,
         cache: EncoderDecoderCache | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,  # the cache's older name (see CACHE_FIELD)
+        past_key_values: EncoderDecoderCache | None = None,  # the cache's name in transformers < 5.24
         **kwargs,
     ) -> dict:
-        """The inputs of one decoding step: the new decoder tokens, the cache, the encoder's output and mask.
-
-        generate() calls this once per generated token. transformers' general version also handles decoder-only
-        models, input embeddings, static caches (for which it builds 4-D masks), device moves and remote code that
-        still expects `cache_position`; that work took a tenth of a small model's decoding step on a CPU. For the
-        common case here, a dynamic cache (or none) and token ids, nothing of it applies, so the inputs pass through;
-        every other case goes to the general version.
-        """
+        """The inputs of one decoding step: transformers' general version for static caches and input embeddings,
+        and otherwise (a dynamic cache or none, token ids) the lean one of fast_paths_tiny_transformer.py."""
         cache = cache if cache is not None else past_key_values
         kwargs[CACHE_FIELD] = cache
         if (cache is not None and cache.is_compileable) or kwargs.get("decoder_inputs_embeds") is not None:
             return super().prepare_inputs_for_generation(
                 input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
             )
-        model_inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_KWARGS_NOT_FOR_FORWARD}
-        if next_sequence_length is not None:
-            input_ids = input_ids[:, -next_sequence_length:]  # the tokens the cache does not hold yet
-        model_inputs["decoder_input_ids"] = input_ids
-        model_inputs["attention_mask"] = attention_mask  # the encoder's: cross-attention keeps masking its padding
-        return model_inputs
+        return lean_generation_inputs(input_ids, next_sequence_length, attention_mask, kwargs)
 
+    @can_return_tuple
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1130,11 +800,8 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch, target_length]`, *optional*):
             Target ids in `[0, vocab_size)`, or -100 for positions the loss ignores. When given and no
@@ -1143,17 +810,14 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             Passed by the Trainer: the number of non-ignored label tokens in the whole accumulated batch. The loss is
             then the token sum divided by it, so gradient accumulation matches one large batch exactly.
         """
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             check_token_ids(labels, "labels", self.config.vocab_size, allow_ignore_index=True)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
 
-        warn_about_unused_kwargs(kwargs)
-        encoder_outputs, decoder_outputs = self.model.encode_and_decode(
+        outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
@@ -1163,10 +827,9 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
-        logits = self.lm_head(decoder_outputs.last_hidden_state)
+        logits = self.lm_head(outputs.last_hidden_state)
 
         loss = None
         if labels is not None:
@@ -1185,16 +848,18 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             else:
                 loss = token_losses_sum / torch.as_tensor(num_items_in_batch, device=logits.device)
 
-        output = Seq2SeqLMOutput(loss=loss, logits=logits, **seq2seq_output_fields(encoder_outputs, decoder_outputs))
-        return output if return_dict else output.to_tuple()
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
 
-
-# generate() reads the forward signature of remote-code models (which ours are, once registered for the Auto classes) at
-# every decoding step, to look for a `cache_position` argument. Working it out costs about 0.1 ms, a tenth of a small
-# model's decoding step on a CPU; a precomputed `__signature__` is what `inspect.signature` returns first (0.015 ms).
-TinyTransformerForConditionalGeneration.forward.__signature__ = inspect.signature(
-    TinyTransformerForConditionalGeneration.forward
-)
 
 __all__ = [
     "TinyTransformerPreTrainedModel",

@@ -9,12 +9,8 @@ import torch
 from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
-from hf_tiny_transformer.modeling_tiny_transformer import (
-    CACHE_FIELD,
-    InPlaceAppendLayer,
-    append_in_place,
-    apply_dropout,
-)
+from hf_tiny_transformer.fast_paths_tiny_transformer import InPlaceAppendLayer, append_in_place, apply_dropout
+from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 
 # ----------------------------------------------------------------------------------------------------------- dropout

@@ -133,7 +133,7 @@ BAD_VALUES = {
     "activation_function": st.one_of(st.text(max_size=6).filter(lambda name: name not in ACTIVATIONS + ("gelu",)),
                                      st.integers(), JSON_JUNK),
     "position_embedding_type": st.one_of(st.text(max_size=6), st.integers(), JSON_JUNK).filter(
-        lambda value: value not in ("sinusoidal", "learned")
+        lambda value: value not in ("sinusoidal", "learned", "relative")
     ),
     "norm_position": st.one_of(st.text(max_size=6), st.integers(), JSON_JUNK).filter(
         lambda value: value not in ("pre", "post")
@@ -148,8 +148,10 @@ BAD_VALUES = {
     "tie_word_embeddings": NOT_A_BOOL,
     "use_cache": NOT_A_BOOL,
     "is_encoder_decoder": st.one_of(st.just(False), NOT_A_BOOL),
-    "transformers_weights": st.one_of(st.just("pytorch_model.bin"), st.just("adapter_model.bin"), st.text(max_size=8))
-    .filter(lambda name: not name.endswith((".safetensors", ".safetensors.index.json"))),
+    "relative_attention_num_buckets": st.one_of(
+        NOT_A_POSITIVE_INT, st.integers(1, 3), st.integers(2, 64).map(lambda n: 2 * n + 1)  # fewer than 4, or odd
+    ),
+    "relative_attention_max_distance": st.one_of(NOT_A_POSITIVE_INT, st.integers(1, 16)),  # not above 32 buckets / 2
 }
 
 
