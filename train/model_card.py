@@ -366,7 +366,8 @@ def write_model_card(
         ]
     )
     text_metrics_note = (
-        " chrF and BLEU are sacrebleu's corpus scores (0-100) of the decoded answers against the decoded targets."
+        " chrF and BLEU are sacrebleu's corpus scores (0-100) of the decoded answers against the decoded targets;"
+        " BLEU counts word n-grams up to 4, so it is 0 for answers that never have 4 words."
         if "chrf" in measured or "bleu" in measured
         else ""
     )

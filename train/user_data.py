@@ -274,8 +274,8 @@ def load_user_data(
     for split in SPLITS:
         if split in needed_splits:
             limit = max_samples.get(split)
-            dataset = splits[split]
-            data.splits[split] = dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+            examples = splits[split]
+            data.splits[split] = examples if limit is None else examples.select(range(min(limit, len(examples))))
     for split in ("validation", "test"):
         if split in data.splits and "train" in data.splits and split not in data.split_from_train:
             seen = set(data.splits["train"]["source"])
