@@ -164,8 +164,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(WordLevel(vocab, unk_token=UNK))
     # Any run of whitespace separates words, so "3  14\t15" reads like "3 14 15".
     backend.pre_tokenizer = WhitespaceSplit()
+    return as_transformers_tokenizer(backend)
+
+
+def as_transformers_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """`backend` (whose vocabulary holds `<pad>`, `<s>`, `</s>` and `<unk>`) as a transformers tokenizer that appends
+    `</s>` to every text: the model learns to end its answers with `</s>`, and `generate` stops there."""
     backend.post_processor = TemplateProcessing(
-        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, vocab[EOS])]
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, backend.token_to_id(EOS))]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -174,6 +180,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token=PAD,
         unk_token=UNK,
         model_input_names=["input_ids", "attention_mask"],
+        # Decoded text is what the tokenizer read: no spaces removed before punctuation.
+        clean_up_tokenization_spaces=False,
     )
 
 

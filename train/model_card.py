@@ -1,14 +1,22 @@
-"""What train.py leaves next to the weights for people: the model card (README.md) and its two figures."""
+"""What train.py leaves next to the weights for people: the model card (README.md) and its two figures.
 
+The card describes the data the model learned from: a built-in task's synthetic corpus, or the user's own files or
+dataset (their names, sizes, columns, and which splits were drawn from the training data).
+"""
+
+import json
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from huggingface_hub import EvalResult, ModelCardData
 from matplotlib.figure import Figure
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainerState
+
+from hf_tiny_transformer_train.user_data import UserData
 
 TASK_DESCRIPTIONS = {
     "copy": "copies a sequence of integers 0-99",
@@ -112,14 +120,133 @@ def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
     return f"{processes} on {device}"
 
 
+@dataclass
+class DataDescription:
+    """What the model card says about the data a model was trained on, in the card's and the Hub metadata's terms."""
+
+    what_it_does: str  # completes "A TinyTransformer encoder-decoder that ..."
+    corpus: str  # completes "..., trained from scratch on ..."
+    dataset_id: str | None  # a Hub dataset id for the metadata, where there is one
+    dataset_title: str  # the model-index's name of the test data
+    dataset_args: dict[str, str | int | float]
+    task_name: str
+    tags: list[str]
+    input_format: str
+    training_data: str  # the "Data:" bullet of the Training section
+    limitations: str  # the bullets that depend on the data
+
+
+# The metrics train.py can measure: result key -> (model-index metric type, its name there, results table column).
+METRICS = {
+    "exact_match": ("exact_match", "Exact match", "exact match"),
+    "token_accuracy": ("accuracy", "Token accuracy", "token accuracy"),
+    "chrf": ("chrf", "chrF", "chrF"),
+    "bleu": ("bleu", "BLEU", "BLEU"),
+}
+PERCENT_METRICS = ("exact_match", "token_accuracy")  # shares, shown as percentages; chrF and BLEU are 0-100 scores
+
+
+def describe_synthetic_data(
+    task: str, min_length: int, max_length: int, seed: int, model: PreTrainedModel, metrics: dict[str, float]
+) -> DataDescription:
+    length_unit = "digits per operand" if task == "add" else "integers per sequence"
+    input_format = (
+        "two numbers written digit by digit, separated by spaces, with ` + ` between them: `4 0 7 + 9 5` means "
+        "407 + 95; the answer comes back the same way (`5 0 2`)"
+        if task == "add"
+        else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
+    )
+    return DataDescription(
+        what_it_does=TASK_DESCRIPTIONS[task],
+        corpus="a synthetic corpus",
+        dataset_id="synthetic-integer-sequences",
+        dataset_title=f"Synthetic {task} corpus (held-out test split)",
+        dataset_args={"task": task, "min_length": min_length, "max_length": max_length, "seed": seed},
+        task_name=f"{task.capitalize()} (greedy decoding)",
+        tags=["synthetic-data", task],
+        input_format=f"""{input_format}. Any whitespace separates words; anything outside the vocabulary (`0`..`99`,
+`+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it) when you batch
+inputs of different lengths.""",
+        training_data=f"""the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, uniformly
+  random; {metrics.get("train_samples", 0):,} training examples, seed {seed}. Each source belongs to
+  train, validation or test by a hash of its text, so no test source occurs in training.""",
+        limitations=f"""- A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
+  loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
+- It was trained on {min_length}-{max_length} {length_unit}. Longer inputs are outside the training
+  distribution; the model accepts at most {model.config.max_position_embeddings} positions, and generation stops
+  after `max_new_tokens`={model.generation_config.max_new_tokens} tokens.
+- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
+  distribution; they say nothing about other distributions (e.g. long runs of one number).""",
+    )
+
+
+def describe_user_data(
+    data: UserData, tokenizer_description: str, model: PreTrainedModel, metrics: dict[str, float]
+) -> DataDescription:
+    if data.dataset_name is not None:
+        origin = f"the dataset `{data.dataset_name}`"
+        # Only a Hub id makes valid metadata; a local folder is named in the text.
+        dataset_id = None if Path(data.dataset_name).exists() else data.dataset_name
+    else:
+        origin = ", ".join(f"`{Path(path).name}`" for path in dict.fromkeys(data.origins.values()))
+        dataset_id = None
+    columns = f"`{data.source_column}` → `{data.target_column}`"
+    splits = "\n".join(
+        f"  - {split}: {len(dataset):,} examples from {describe_origin(data, split)}"
+        + truncation_note(data.truncated.get(split, (0, 0)))
+        for split, dataset in data.splits.items()
+    )
+    drawn = (
+        f"\n  {' and '.join(data.split_from_train)} {'were' if len(data.split_from_train) > 1 else 'was'} drawn at "
+        f"random from the training data (seed {data.seed}); training examples whose source occurs in "
+        f"{'them' if len(data.split_from_train) > 1 else 'it'} were dropped, so held-out sources are unseen."
+        if data.split_from_train
+        else ""
+    )
+    test_origin = describe_origin(data, "test") if "test" in data.splits else "the test data"
+    return DataDescription(
+        what_it_does=f"turns texts of column `{data.source_column}` into texts of column `{data.target_column}`",
+        corpus=origin,
+        dataset_id=dataset_id,
+        dataset_title=f"{data.dataset_name or origin} (test: {test_origin})".replace("`", ""),
+        dataset_args={"source_column": data.source_column, "target_column": data.target_column, "seed": data.seed},
+        task_name=f"{data.source_column} to {data.target_column} (greedy decoding)",
+        tags=[],
+        input_format=f"""texts like those of column `{data.source_column}` of the training data; the model answers
+with a text like those of column `{data.target_column}`. Tokenizer: {tokenizer_description}; it appends the
+end-of-sequence token. Pass `attention_mask` (the tokenizer returns it) when you batch inputs of different
+lengths.""",
+        training_data=f"""{origin}, columns {columns}:
+{splits}{drawn}""",
+        limitations=f"""- A small model for one text-to-text job; it has no knowledge beyond its training pairs.
+- Inputs unlike the training sources (other formats, languages, lengths) are outside what it learned; the model
+  accepts at most {model.config.max_position_embeddings} positions, and generation stops after
+  `max_new_tokens`={model.generation_config.max_new_tokens} tokens.
+- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples from {test_origin};
+  they hold for data like those, not for other distributions.""",
+    )
+
+
+def describe_origin(data: UserData, split: str) -> str:
+    if split in data.split_from_train:
+        return f"{data.split_percentage:g}% of the distinct sources of `{Path(data.origins['train']).name}`"
+    return f"`{data.origins[split]}`" if data.dataset_name is not None else f"`{Path(data.origins[split]).name}`"
+
+
+def truncation_note(truncated: tuple[int, int]) -> str:
+    sources, targets = truncated
+    notes = [f"{count:,} {what} truncated" for count, what in ((sources, "sources"), (targets, "targets")) if count]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def write_model_card(
     path: Path,
     *,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    task: str,
-    min_length: int,
-    max_length: int,
+    task: str | None,
+    min_length: int | None,
+    max_length: int | None,
     training_args: Seq2SeqTrainingArguments,
     metrics: dict[str, float],
     argv: list[str],
@@ -128,44 +255,50 @@ def write_model_card(
     test_examples: Dataset,
     wall_time: float,
     hub_repo_id: str | None,
+    user_data: UserData | None = None,
+    tokenizer_description: str | None = None,
+    early_stopping_patience: int | None = None,
+    trainer_state: TrainerState | None = None,
 ) -> None:
     """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
-    training, results, attention figure and limitations of the model in `path`'s folder."""
+    training, results, attention figure and limitations of the model in `path`'s folder. The data are the built-in
+    `task`'s synthetic corpus, or `user_data` (then `task`, `min_length` and `max_length` are None). With
+    `early_stopping_patience`, `trainer_state` tells when training stopped and which checkpoint was kept."""
     name = Path(training_args.output_dir).absolute().name
-    dataset_id = "synthetic-integer-sequences"
-    dataset_args = {"task": task, "min_length": min_length, "max_length": max_length, "seed": training_args.seed}
+    config = model.config
+    if user_data is None:
+        data = describe_synthetic_data(task, min_length, max_length, training_args.seed, model, metrics)
+    else:
+        data = describe_user_data(user_data, tokenizer_description, model, metrics)
+    measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
     eval_results = [
         EvalResult(
             task_type="text2text-generation",
-            task_name=f"{task.capitalize()} (greedy decoding)",
-            dataset_type=dataset_id,
-            dataset_name=f"Synthetic {task} corpus (held-out test split)",
+            task_name=data.task_name,
+            dataset_type=data.dataset_id or "custom",
+            dataset_name=data.dataset_title,
             dataset_split="test",
-            dataset_args=dataset_args,
-            metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=round(float(metrics[key]), 4),
+            dataset_args=data.dataset_args,
+            metric_type=METRICS[key][0],
+            metric_name=METRICS[key][1],
+            metric_value=round(float(metrics[f"test_{key}"]), 4),
         )
-        for key, metric_type, metric_name in (
-            ("test_exact_match", "exact_match", "Exact match"),
-            ("test_token_accuracy", "accuracy", "Token accuracy"),
-        )
-        if key in metrics
+        for key in measured
+        if f"test_{key}" in metrics
     ]
     card_data = ModelCardData(
         model_name=name,
         library_name="transformers",
         license="apache-2.0",
         pipeline_tag="text2text-generation",
-        tags=["tiny-transformer", "encoder-decoder", "seq2seq", "synthetic-data", task, "custom_code"],
-        datasets=[dataset_id],
-        metrics=["exact_match", "accuracy"],
+        tags=["tiny-transformer", "encoder-decoder", "seq2seq", *data.tags, "custom_code"],
+        datasets=[data.dataset_id] if data.dataset_id else None,
+        metrics=[METRICS[key][0] for key in measured] or ["exact_match", "accuracy"],
         # Only a Hub id makes a valid base_model; a local folder is named in the text instead.
         base_model=base_model if base_model is not None and not Path(base_model).exists() else None,
         eval_results=eval_results or None,
     )
 
-    config = model.config
     size = ", ".join(
         f"{field} {getattr(config, field)}"
         for field in (
@@ -182,7 +315,6 @@ def write_model_card(
     load_path = hub_repo_id or str(Path(training_args.output_dir))
     samples = [test_examples[index] for index in range(min(3, len(test_examples)))]
     predictions = predict(model, tokenizer, [sample["source"] for sample in samples])
-    length_unit = "digits per operand" if task == "add" else "integers per sequence"
     command = "python train/train.py" + ("" if not argv else " " + shlex.join(argv))
     if training_args.world_size > 1:
         command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
@@ -191,15 +323,53 @@ def write_model_card(
     global_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
+    warmup = (
+        f"{training_args.warmup_steps:g} of the steps in warmup"
+        if 0 < training_args.warmup_steps < 1
+        else f"{training_args.warmup_steps:g} warmup steps"
+    )
+    steps = (
+        f"{training_args.max_steps} steps"
+        if training_args.max_steps > 0
+        else f"{training_args.num_train_epochs:g} epochs"
+    )
+    stopping = ""
+    if early_stopping_patience and trainer_state is not None and trainer_state.best_metric is not None:
+        metric = training_args.metric_for_best_model
+        steps = f"at most {steps}"
+        if trainer_state.global_step < trainer_state.max_steps:
+            ended = f"stopped after {trainer_state.global_step} steps: validation {metric} had not improved for"
+        else:
+            ended = f"ran all {trainer_state.global_step} steps: validation {metric} never went without improving for"
+        stopping = (
+            f"\n- Early stopping: training {ended} {early_stopping_patience} evaluations. The model is the checkpoint "
+            f"of step {trainer_state.best_global_step}, whose validation {metric} was the best "
+            f"({trainer_state.best_metric:.4g})."
+        )
 
-    def percent(key: str) -> str:
-        return f"{100 * metrics[key]:.2f}%" if key in metrics else "not measured"
+    def figure(split: str, key: str) -> str:
+        value = metrics.get(f"{split}_{key}")
+        if value is None:
+            return "not measured"
+        return f"{100 * value:.2f}%" if key in PERCENT_METRICS else f"{value:.1f}"
 
-    input_format = (
-        "two numbers written digit by digit, separated by spaces, with ` + ` between them: `4 0 7 + 9 5` means "
-        "407 + 95; the answer comes back the same way (`5 0 2`)"
-        if task == "add"
-        else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
+    table = "\n".join(
+        [
+            "| split | examples | " + " | ".join(METRICS[key][2] for key in measured) + " |",
+            "| --- | --- |" + " --- |" * len(measured),
+            *(
+                f"| {label} | {metrics.get(f'{split}_samples', '-')} | "
+                + " | ".join(figure(split, key) for key in measured)
+                + " |"
+                for split, label in (("test", "test (held out)"), ("eval", "validation"))
+            ),
+        ]
+    )
+    text_metrics_note = (
+        " chrF and BLEU are sacrebleu's corpus scores (0-100) of the decoded answers against the decoded targets;"
+        " BLEU counts word n-grams up to 4, so it is 0 for answers that never have 4 words."
+        if "chrf" in measured or "bleu" in measured
+        else ""
     )
     example_rows = "\n".join(
         f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
@@ -208,17 +378,14 @@ def write_model_card(
     body = f"""
 # {name}
 
-A TinyTransformer encoder-decoder that {TASK_DESCRIPTIONS[task]}, {started_from} on a synthetic corpus with
+A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
 `train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).
 
 ## Results
 
-Greedy decoding; exact match means the whole output sequence, up to and including `</s>`, is right.
+Greedy decoding; exact match means the whole output sequence, up to and including `</s>`, is right.{text_metrics_note}
 
-| split | examples | exact match | token accuracy |
-| --- | --- | --- | --- |
-| test (held out) | {metrics.get("test_samples", "-")} | {percent("test_exact_match")} | {percent("test_token_accuracy")} |
-| validation | {metrics.get("eval_samples", "-")} | {percent("eval_exact_match")} | {percent("eval_token_accuracy")} |
+{table}
 
 The whole command took {wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
 training, on {describe_hardware(training_args)}.
@@ -233,14 +400,12 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{load_path}", trust_remote_code=True)
 model = AutoModelForSeq2SeqLM.from_pretrained("{load_path}", trust_remote_code=True)
-inputs = tokenizer(["{samples[0]["source"]}"], return_tensors="pt")
+inputs = tokenizer([{json.dumps(samples[0]["source"], ensure_ascii=False)}], return_tensors="pt")
 print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True))
-# ['{predictions[0]}']
+# {[predictions[0]]}
 ```
 
-**Input format:** {input_format}. Any whitespace separates words; anything outside the vocabulary (`0`..`99`,
-`+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it) when you batch
-inputs of different lengths.
+**Input format:** {data.input_format}
 
 | input | expected | model output |
 | --- | --- | --- |
@@ -252,12 +417,9 @@ inputs of different lengths.
 {command}
 ```
 
-- Data: the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, uniformly
-  random; {metrics.get("train_samples", 0):,} training examples, seed {training_args.seed}. Each source belongs to
-  train, validation or test by a hash of its text, so no test source occurs in training.
+- Data: {data.training_data}
 - Optimisation: AdamW, learning rate {training_args.learning_rate:g}, {schedule} schedule with
-  {training_args.warmup_steps:g} warmup steps, {training_args.max_steps} steps of {global_batch} examples, weight
-  decay {training_args.weight_decay:g}.
+  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.{stopping}
 
 ![Training and validation curves](training_curves.png)
 
@@ -272,12 +434,6 @@ source tokens it reads.
 
 ## Intended use and limitations
 
-- A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
-  loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
-- It was trained on {min_length}-{max_length} {length_unit}. Longer inputs are outside the training
-  distribution; the model accepts at most {config.max_position_embeddings} positions, and generation stops after
-  `max_new_tokens`={model.generation_config.max_new_tokens} tokens.
-- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
-  distribution; they say nothing about other distributions (e.g. long runs of one number).
+{data.limitations}
 """
     path.write_text(f"---\n{card_data.to_yaml()}\n---\n{body}")

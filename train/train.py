@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train TinyTransformer on a synthetic task with the Seq2SeqTrainer, and leave a folder ready for the Hub.
+"""Train TinyTransformer on a synthetic task or on your own pairs of texts with the Seq2SeqTrainer, and leave a folder
+ready for the Hub.
 
 In the shape of transformers' `examples/pytorch/translation/run_translation.py`: model, data and
 `Seq2SeqTrainingArguments` dataclasses read by `HfArgumentParser`, so every Trainer flag works as usual.
@@ -7,12 +8,14 @@ In the shape of transformers' `examples/pytorch/translation/run_translation.py`:
     python train/train.py                                      # the default task, in minutes on a CPU
     python train/train.py --task sort --output_dir outputs/sort
     python train/train.py --task copy --model_name_or_path outputs/tiny-transformer-reverse   # fine-tune
+    python train/train.py --train_file data/dates/train.jsonl   # your pairs; validation and test drawn from them
     torchrun --nproc_per_node 2 train/train.py --use_cpu       # 2 processes (DDP over gloo)
     accelerate launch --config_file train/accelerate/ddp.yaml --num_processes 8 train/train.py
 
 Flags the user does not pass take the task's defaults (`TASK_DEFAULTS`), chosen so that each task reaches at least
-99% test exact match within 10 minutes on a 2-core CPU. The output folder holds the model, its source code, the
-tokenizer, a clean generation config, the metrics, a model card (README.md) and two figures.
+99% test exact match within 10 minutes on a 2-core CPU; with your own data (`--train_file`, `--dataset_name`, ...),
+generic defaults for a small corpus on a CPU (`USER_DATA_DEFAULTS`). The output folder holds the model, its source
+code, the tokenizer, a clean generation config, the metrics, a model card (README.md) and two figures.
 """
 
 import os
@@ -26,6 +29,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
@@ -36,8 +40,10 @@ from transformers import (  # noqa: E402
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    EarlyStoppingCallback,
     GenerationConfig,
     HfArgumentParser,
+    PreTrainedTokenizerBase,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     set_seed,
@@ -53,11 +59,25 @@ from hf_tiny_transformer_train.data import (  # noqa: E402
     target_length,
     tokenize_corpus,
 )
-from hf_tiny_transformer_train.metrics import sequence_metrics  # noqa: E402
+from hf_tiny_transformer_train.metrics import generation_metrics  # noqa: E402
 from hf_tiny_transformer_train.model_card import (  # noqa: E402
     plot_cross_attention,
     plot_training_curves,
     write_model_card,
+)
+from hf_tiny_transformer_train.tokenizer_training import (  # noqa: E402
+    MIN_VOCAB_SIZE,
+    TOKENIZER_TYPES,
+    check_tokenizer,
+    train_tokenizer,
+)
+from hf_tiny_transformer_train.user_data import (  # noqa: E402
+    UserData,
+    check_data_file,
+    check_lengths,
+    load_user_data,
+    tokenize_user_data,
+    unknown_token_share,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,6 +153,74 @@ TASK_DEFAULTS = {
     },
 }
 
+# Defaults for a user's own data (--train_file, --dataset_name, ...), for flags the user does not pass: generic, not
+# tuned to one corpus. They suit a small corpus (thousands to a few hundred thousand short pairs) on a CPU: the
+# built-in tasks' model size, with dropout because real data repeat where the synthetic corpus never does; a step
+# budget of about 10 minutes on 2 CPU cores; and a stop once validation exact match has not improved for 5
+# evaluations, keeping the best checkpoint. The built-in tasks keep COMMON_DEFAULTS and TASK_DEFAULTS.
+USER_DATA_DEFAULTS = {
+    # data and a new tokenizer
+    "source_column": "source",
+    "target_column": "target",
+    "validation_split_percentage": 5.0,
+    "tokenizer_type": "bpe",
+    "vocab_size": 1000,
+    # a new model
+    "d_model": 128,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "num_attention_heads": 4,
+    "ffn_dim": 512,
+    "dropout": 0.1,
+    "position_embedding_type": "learned",
+    "max_position_embeddings": 256,
+    # training: train, evaluate and test in one go, with metrics on greedy generations
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "predict_with_generate": True,
+    "max_steps": 5000,
+    "learning_rate": 1e-3,
+    "warmup_steps": 0.05,  # below 1: a share of max_steps
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+    "eval_strategy": "steps",
+    "eval_steps": 250,
+    "save_steps": 250,
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "exact_match",
+    "early_stopping_patience": 5,
+    "logging_steps": 50,
+    "report_to": "none",
+    "dataloader_pin_memory": torch.cuda.is_available(),
+}
+# Where a user's data come from: any of these flags selects user data instead of the built-in tasks.
+USER_DATA_SOURCES = ("train_file", "validation_file", "test_file", "dataset_name")
+# Flags that only mean something for a user's data, and flags that only describe the synthetic corpus.
+USER_DATA_FIELDS = (
+    "dataset_config_name",
+    "source_column",
+    "target_column",
+    "max_source_length",
+    "max_target_length",
+    "max_train_samples",
+    "max_eval_samples",
+    "max_predict_samples",
+    "preprocessing_num_workers",
+    "validation_split_percentage",
+    "tokenizer_name",
+    "tokenizer_type",
+    "vocab_size",
+)
+SYNTHETIC_DATA_FIELDS = ("task", "train_size", "validation_size", "test_size", "min_length", "max_length")
+# The flags that describe a new tokenizer; a given tokenizer or checkpoint brings its own.
+NEW_TOKENIZER_FIELDS = ("tokenizer_type", "vocab_size")
+# Metrics computed from generations: they exist only with --predict_with_generate.
+GENERATION_METRICS = ("exact_match", "token_accuracy", "chrf", "bleu")
+
 
 @dataclass
 class ModelArguments:
@@ -172,15 +260,37 @@ class ModelArguments:
     norm_position: str | None = field(
         default=None, metadata={"help": "LayerNorm placement of a new model.", "choices": ["pre", "post"]}
     )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "With your own data: a tokenizer (a folder written by save_pretrained, or a Hub id) instead of "
+            "training a new one. It needs a pad and an end-of-sequence token."
+        },
+    )
+    tokenizer_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "With your own data: the kind of the new tokenizer trained on the training split (default bpe): "
+            "byte-level BPE (any text, no unknown tokens) or one token per word (word_level).",
+            "choices": list(TOKENIZER_TYPES),
+        },
+    )
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "With your own data: most tokens of the new tokenizer (default 1000)."}
+    )
 
 
 @dataclass
 class DataArguments:
-    """The synthetic corpus (see data.py). Sizes and lengths default to the task's values in TASK_DEFAULTS."""
+    """The data: the synthetic corpus of a built-in task (see data.py; sizes and lengths default to the task's values
+    in TASK_DEFAULTS), or your own pairs of texts in files or a dataset (see user_data.py)."""
 
-    task: str = field(
-        default=DEFAULT_TASK,
-        metadata={"help": "What the model learns to do with a sequence of integers 0-99.", "choices": list(TASKS)},
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": f"What the model learns to do with a sequence of integers 0-99 (default {DEFAULT_TASK}).",
+            "choices": list(TASKS),
+        },
     )
     train_size: int | None = field(default=None, metadata={"help": "Number of training examples."})
     validation_size: int | None = field(default=None, metadata={"help": "Number of validation examples."})
@@ -194,6 +304,73 @@ class DataArguments:
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Tokenize again even when the datasets cache holds the result."}
     )
+    # Your own data, in the names of transformers' run_translation.py where it has them.
+    train_file: str | None = field(
+        default=None, metadata={"help": "Your training pairs: a .jsonl, .json, .csv or .parquet file."}
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Your validation pairs (default: --validation_split_percentage of the training file)."},
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "Your test pairs (default: --validation_split_percentage of the training file)."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Your pairs as a dataset: a folder written by save_to_disk, or anything datasets.load_dataset "
+            "reads (a Hub id, a local folder of files). Its train, validation and test splits are used."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration of --dataset_name, for datasets that have several."}
+    )
+    source_column: str | None = field(default=None, metadata={"help": "The column of input texts (default source)."})
+    target_column: str | None = field(
+        default=None, metadata={"help": "The column of expected output texts (default target)."}
+    )
+    max_source_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncate sources to this many tokens (</s> included); the log counts the truncated examples. "
+            "Default: no truncation, and a source longer than the model's positions is an error."
+        },
+    )
+    max_target_length: int | None = field(
+        default=None, metadata={"help": "Truncate targets to this many tokens (</s> included); as --max_source_length."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first this many training examples."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first this many validation examples."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first this many test examples."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes that tokenize the data (default: this one)."}
+    )
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={
+            "help": "Where no validation or test data are given, this percentage of the training data's distinct "
+            "sources, drawn with --seed, takes the place of each (default 5); their examples leave the training data."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training once --metric_for_best_model has not improved for this many evaluations (default "
+            "5 with your own data, off for the built-in tasks; 0 turns it off). Needs --load_best_model_at_end."
+        },
+    )
+
+    @property
+    def uses_own_data(self) -> bool:
+        """Whether the user's files or dataset, rather than a built-in task, are the data."""
+        return any(getattr(self, name) is not None for name in USER_DATA_SOURCES)
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
@@ -202,7 +379,19 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq
     # The task chooses the defaults of the other flags, so read it (and whether a checkpoint is given) first. Defaults
     # set on the parser apply exactly to the flags the user did not pass.
     known, _ = parser.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])
-    defaults = {**COMMON_DEFAULTS, **TASK_DEFAULTS[known.task], "output_dir": f"outputs/tiny-transformer-{known.task}"}
+    if any(getattr(known, name) is not None for name in USER_DATA_SOURCES):
+        defaults = {**USER_DATA_DEFAULTS, "output_dir": f"outputs/tiny-transformer-{user_data_name(known)}"}
+        if known.model_name_or_path is not None or known.tokenizer_name is not None:
+            # A given tokenizer or checkpoint brings its own; leave these None to detect flags that would be ignored.
+            defaults = {name: value for name, value in defaults.items() if name not in NEW_TOKENIZER_FIELDS}
+    else:
+        task = known.task or DEFAULT_TASK
+        defaults = {
+            **COMMON_DEFAULTS,
+            **TASK_DEFAULTS[task],
+            "task": task,
+            "output_dir": f"outputs/tiny-transformer-{task}",
+        }
     if known.model_name_or_path is not None:
         # A checkpoint brings its own size; leave these None to detect flags that would be silently ignored.
         defaults = {name: value for name, value in defaults.items() if name not in NEW_MODEL_FIELDS}
@@ -232,6 +421,15 @@ def check_arguments(
         steps = getattr(training_args, name)
         if getattr(strategy, "value", strategy) == "steps" and steps is not None and not steps > 0:
             raise ValueError(f"--{name} must be positive (a step count, or a fraction of the run below 1); got {steps}")
+    check_early_stopping(data_args, training_args)
+    check_model_size_flags(model_args)
+    if data_args.uses_own_data:
+        check_user_data_arguments(model_args, data_args, training_args)
+        return
+    values = {**vars(model_args), **vars(data_args)}
+    given = [f"--{name}" for name in USER_DATA_FIELDS if values[name] is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} need your own data: pass --train_file or --dataset_name")
     for name in ("train_size", "validation_size", "test_size", "min_length"):
         if getattr(data_args, name) < 1:
             raise ValueError(f"--{name} must be at least 1; got {getattr(data_args, name)}")
@@ -239,21 +437,7 @@ def check_arguments(
         raise ValueError(
             f"--max_length ({data_args.max_length}) must be at least --min_length ({data_args.min_length})"
         )
-    if model_args.model_name_or_path is not None:
-        given = [f"--{name}" for name in NEW_MODEL_FIELDS if getattr(model_args, name) is not None]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)} cannot be combined with --model_name_or_path: the checkpoint's config sets the size"
-            )
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-        max_positions = getattr(config, "max_position_embeddings", None)
-    else:
-        # The config validates every size (positive, heads dividing d_model, dropout in [0, 1), ...).
-        max_positions = new_model_config(model_args, build_tokenizer()).max_position_embeddings
+    max_positions = model_max_positions(model_args)
     # The longest source gets </s>; the longest decoder input is the start token plus the target.
     longest = 1 + max(
         source_length(data_args.task, data_args.max_length), target_length(data_args.task, data_args.max_length)
@@ -265,19 +449,229 @@ def check_arguments(
         )
 
 
-def new_model_config(
-    model_args: ModelArguments, tokenizer: transformers.PreTrainedTokenizerBase
-) -> TinyTransformerConfig:
+def check_early_stopping(data_args: DataArguments, training_args: Seq2SeqTrainingArguments) -> None:
+    """Early stopping needs evaluations and a metric they produce; without, the Trainer would stop with an assertion
+    (or a missing key) only once training has begun."""
+    if data_args.early_stopping_patience is None or data_args.early_stopping_patience == 0:
+        return
+    patience = data_args.early_stopping_patience
+    if patience < 0:
+        raise ValueError(f"--early_stopping_patience must be at least 0 (0 turns it off); got {patience}")
+    if getattr(training_args.eval_strategy, "value", training_args.eval_strategy) == "no" or not training_args.do_eval:
+        raise ValueError(
+            f"--early_stopping_patience {patience} needs evaluations (--do_eval and --eval_strategy steps or epoch); "
+            "pass --early_stopping_patience 0 to train without"
+        )
+    metric = training_args.metric_for_best_model
+    if not training_args.load_best_model_at_end or metric is None:
+        raise ValueError(
+            f"--early_stopping_patience {patience} needs --load_best_model_at_end true and --metric_for_best_model"
+        )
+    if metric.removeprefix("eval_") in GENERATION_METRICS and not training_args.predict_with_generate:
+        raise ValueError(
+            f"--metric_for_best_model {metric} is measured on generations: it needs --predict_with_generate"
+        )
+
+
+def check_user_data_arguments(
+    model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
+) -> None:
+    """The flags of a run on the user's data; the data themselves are checked by `prepare_user_data`."""
+    given = [f"--{name}" for name in SYNTHETIC_DATA_FIELDS if getattr(data_args, name) is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} describe the built-in synthetic corpus and cannot be combined with your own data"
+        )
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    if data_args.dataset_name is not None:
+        given = [f"--{split}_file" for split, path in files.items() if path is not None]
+        if given:
+            raise ValueError(f"--dataset_name cannot be combined with {', '.join(given)}: pass one or the other")
+    else:
+        if data_args.dataset_config_name is not None:
+            raise ValueError("--dataset_config_name needs --dataset_name")
+        for split, path in files.items():
+            if path is not None:
+                check_data_file(path, f"{split}_file")
+        if training_args.do_train and data_args.train_file is None:
+            raise ValueError("training needs --train_file (or --dataset_name); pass --do_train false to only evaluate")
+    for name in (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_predict_samples",
+        "preprocessing_num_workers",
+    ):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1; got {value}")
+    for name in ("max_source_length", "max_target_length"):
+        value = getattr(data_args, name)
+        if value is not None and value < 2:
+            raise ValueError(f"--{name} must be at least 2 (a token and </s>); got {value}")
+    if not 0 < data_args.validation_split_percentage < 50:
+        raise ValueError(
+            f"--validation_split_percentage must be above 0 and below 50; got {data_args.validation_split_percentage}"
+        )
+
+    if model_args.model_name_or_path is not None or model_args.tokenizer_name is not None:
+        given = [f"--{name}" for name in NEW_TOKENIZER_FIELDS if getattr(model_args, name) is not None]
+        if given:
+            brought_by = "--tokenizer_name" if model_args.tokenizer_name is not None else "--model_name_or_path"
+            raise ValueError(f"{', '.join(given)} describe a new tokenizer; {brought_by} brings its own")
+    elif model_args.vocab_size < MIN_VOCAB_SIZE[model_args.tokenizer_type]:
+        raise ValueError(
+            f"--vocab_size must be at least {MIN_VOCAB_SIZE[model_args.tokenizer_type]} for a "
+            f"{model_args.tokenizer_type} tokenizer; got {model_args.vocab_size}"
+        )
+    if model_args.model_name_or_path is None and not training_args.do_train:
+        raise ValueError("a new model must be trained: pass --do_train true, or --model_name_or_path to evaluate one")
+
+    max_positions = model_max_positions(model_args)
+    for name in ("max_source_length", "max_target_length"):
+        value = getattr(data_args, name)
+        if value is not None and max_positions is not None and value > max_positions:
+            raise ValueError(f"--{name} {value} is more than the model's max_position_embeddings ({max_positions})")
+
+
+def check_model_size_flags(model_args: ModelArguments) -> None:
+    """Size flags describe a new model: with a checkpoint they would be silently ignored."""
+    if model_args.model_name_or_path is not None:
+        given = [f"--{name}" for name in NEW_MODEL_FIELDS if getattr(model_args, name) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} cannot be combined with --model_name_or_path: the checkpoint's config sets the size"
+            )
+
+
+def checkpoint_config(model_args: ModelArguments) -> transformers.PreTrainedConfig:
+    return AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def model_max_positions(model_args: ModelArguments) -> int | None:
+    """The longest sequence the model accepts: the checkpoint's, or a new model's (building its config validates
+    every size: positive, heads dividing d_model, dropout in [0, 1), ...)."""
+    if model_args.model_name_or_path is not None:
+        return getattr(checkpoint_config(model_args), "max_position_embeddings", None)
+    # The vocabulary does not bound the positions: the built-in tokenizer stands in for one not yet built.
+    return new_model_config(model_args, build_tokenizer()).max_position_embeddings
+
+
+def user_data_name(arguments) -> str:
+    """A short name for the user's data, for the default output folder: "dates" for data/dates/train.jsonl or for a
+    dataset data/dates; a file's own name where its folder says nothing ("pairs" for pairs.csv)."""
+    if arguments.dataset_name is not None:
+        return Path(arguments.dataset_name).name
+    path = Path(next(getattr(arguments, name) for name in USER_DATA_SOURCES if getattr(arguments, name) is not None))
+    return path.stem if path.stem not in ("train", "validation", "test") or not path.parent.name else path.parent.name
+
+
+def new_model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> TinyTransformerConfig:
     """The config of a new TinyTransformer sized by the flags, with the tokenizer's vocabulary and special tokens."""
     sizes = {name: getattr(model_args, name) for name in NEW_MODEL_FIELDS}
+    # Generation starts from <s>; a tokenizer without one (T5's) starts from the pad token, as T5 does.
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
     return TinyTransformerConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
+        decoder_start_token_id=start,
         **{name: value for name, value in sizes.items() if value is not None},
     )
+
+
+def prepare_user_data(
+    model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
+) -> tuple[UserData, PreTrainedTokenizerBase, datasets.DatasetDict]:
+    """Read and check the user's data, get the tokenizer (given, the checkpoint's, or trained on the training split)
+    and tokenize the data. Raises ValueError, naming the file, column or row, for anything that cannot work; writes
+    nothing to the output folder."""
+    wanted = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
+    data = load_user_data(
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        source_column=data_args.source_column,
+        target_column=data_args.target_column,
+        needed_splits=[split for split, needed in wanted.items() if needed],
+        split_percentage=data_args.validation_split_percentage,
+        seed=training_args.seed,
+        max_samples={
+            "train": data_args.max_train_samples,
+            "validation": data_args.max_eval_samples,
+            "test": data_args.max_predict_samples,
+        },
+    )
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    if tokenizer_source is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                tokenizer_source,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+            )
+        except (OSError, ValueError) as error:
+            raise ValueError(f"the tokenizer {tokenizer_source} cannot be loaded ({error})".splitlines()[0]) from None
+    else:
+        texts = [*data.splits["train"]["source"], *data.splits["train"]["target"]]
+        tokenizer = train_tokenizer(texts, model_args.tokenizer_type, model_args.vocab_size)
+        logger.info(
+            "Trained a %s tokenizer of %d tokens on the training split", model_args.tokenizer_type, len(tokenizer)
+        )
+    check_tokenizer(tokenizer, tokenizer_source or "trained on the training split")
+    if model_args.model_name_or_path is not None:
+        config = checkpoint_config(model_args)
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(
+                f"the tokenizer {tokenizer_source} has {len(tokenizer)} tokens, more than the vocabulary of "
+                f"{model_args.model_name_or_path} ({config.vocab_size})"
+            )
+        max_positions = getattr(config, "max_position_embeddings", None)
+    else:
+        max_positions = new_model_config(model_args, tokenizer).max_position_embeddings
+    tokenized = tokenize_user_data(
+        data,
+        tokenizer,
+        max_source_length=data_args.max_source_length,
+        max_target_length=data_args.max_target_length,
+        num_proc=data_args.preprocessing_num_workers,
+        load_from_cache_file=not data_args.overwrite_cache,
+    )
+    tokenized = check_lengths(data, tokenized, max_positions, data_args.max_source_length, data_args.max_target_length)
+    first_split = next(iter(tokenized))
+    share = unknown_token_share(tokenized[first_split], tokenizer.unk_token_id)
+    if share > 0.01:
+        logger.warning(
+            "%.1f%% of the %s tokens are the unknown token %s: the tokenizer does not cover these texts well",
+            100 * share,
+            first_split,
+            tokenizer.unk_token,
+        )
+    return data, tokenizer, tokenized
+
+
+def describe_tokenizer(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where the tokenizer came from, for the model card."""
+    if model_args.tokenizer_name is not None:
+        return f"`{model_args.tokenizer_name}` ({len(tokenizer):,} tokens)"
+    if model_args.model_name_or_path is not None:
+        return f"the tokenizer of `{model_args.model_name_or_path}` ({len(tokenizer):,} tokens)"
+    if model_args.tokenizer_type is not None:
+        kind = "byte-level BPE" if model_args.tokenizer_type == "bpe" else "word-level"
+        return f"{kind}, {len(tokenizer):,} tokens, trained on the training split"
+    return f"the built-in word-level tokenizer ({len(tokenizer):,} tokens)"
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """Stop as the argument parser does: one line on stderr, exit status 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def push_folder(training_args: Seq2SeqTrainingArguments, repo_id: str) -> None:
@@ -318,6 +712,16 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         training_args.parallel_mode.value == "distributed",
     )
 
+    # The user's data are read, checked and tokenized first: a bad file, column, cell, tokenizer or length stops the
+    # run here, in seconds, before anything is trained, created on the Hub or written to the output folder.
+    user_data = tokenizer = None
+    if data_args.uses_own_data:
+        try:
+            with training_args.main_process_first(desc="reading, checking and tokenizing the data"):
+                user_data, tokenizer, tokenized = prepare_user_data(model_args, data_args, training_args)
+        except ValueError as error:
+            exit_with_error(str(error))
+
     # The Trainer would push every checkpoint and its own model card; we push the finished folder once, at the end.
     # Create the repo now so that a missing token or network fails before training, not after.
     hub_repo_id = None
@@ -343,38 +747,43 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     set_seed(training_args.seed)
 
     if model_args.model_name_or_path is not None:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
-        )
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_args.model_name_or_path,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+            )
         model = AutoModelForSeq2SeqLM.from_pretrained(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
             trust_remote_code=model_args.trust_remote_code,
         )
     else:
-        tokenizer = build_tokenizer()
+        if tokenizer is None:
+            tokenizer = build_tokenizer()
         model = TinyTransformerForConditionalGeneration(new_model_config(model_args, tokenizer))
     logger.info("Model: %s with %d parameters", model.__class__.__name__, model.num_parameters())
 
+    if user_data is None:
+        with training_args.main_process_first(desc="building and tokenizing the corpus"):
+            corpus = build_corpus(
+                task=data_args.task,
+                seed=training_args.seed,
+                train_size=data_args.train_size,
+                validation_size=data_args.validation_size,
+                test_size=data_args.test_size,
+                min_length=data_args.min_length,
+                max_length=data_args.max_length,
+            )
+            tokenized = tokenize_corpus(corpus, tokenizer, load_from_cache_file=not data_args.overwrite_cache)
+        longest_target = target_length(data_args.task, data_args.max_length) + 1  # + </s>
+    else:
+        corpus = user_data.splits
+        longest_target = max(max(map(len, split["labels"])) for split in tokenized.values())
     # While training, generation is bounded by max_length only: Seq2SeqTrainer fills generation_config with the
     # default max_length=20, and a max_new_tokens next to it would make every generate() call warn.
-    longest_target = target_length(data_args.task, data_args.max_length) + 1  # + </s>
     model.generation_config.max_new_tokens = None
     model.generation_config.max_length = longest_target + 1  # + the decoder start token
-
-    with training_args.main_process_first(desc="building and tokenizing the corpus"):
-        corpus = build_corpus(
-            task=data_args.task,
-            seed=training_args.seed,
-            train_size=data_args.train_size,
-            validation_size=data_args.validation_size,
-            test_size=data_args.test_size,
-            min_length=data_args.min_length,
-            max_length=data_args.max_length,
-        )
-        tokenized = tokenize_corpus(corpus, tokenizer, load_from_cache_file=not data_args.overwrite_cache)
 
     trainer = Seq2SeqTrainer(
         model=model,
@@ -385,11 +794,16 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=(
             (
-                lambda prediction: sequence_metrics(
-                    prediction.predictions, prediction.label_ids, tokenizer.pad_token_id, tokenizer.eos_token_id
+                lambda prediction: generation_metrics(
+                    prediction.predictions, prediction.label_ids, tokenizer, on_text=user_data is not None
                 )
             )
             if training_args.predict_with_generate
+            else None
+        ),
+        callbacks=(
+            [EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience)]
+            if data_args.early_stopping_patience
             else None
         ),
     )
@@ -430,8 +844,10 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         trainer.save_model()
         if trainer.is_world_process_zero():
             output_dir = Path(training_args.output_dir)
+            # Examples for the card: held-out ones, from the training data only where nothing was held out.
+            examples = next(corpus[split] for split in ("test", "validation", "train") if split in corpus)
             plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
-            attention_example = plot_cross_attention(model, tokenizer, corpus["test"], output_dir / "attention.png")
+            attention_example = plot_cross_attention(model, tokenizer, examples, output_dir / "attention.png")
             write_model_card(
                 output_dir / "README.md",
                 model=model,
@@ -444,9 +860,13 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
                 argv=argv,
                 base_model=model_args.model_name_or_path,
                 attention_example=attention_example,
-                test_examples=corpus["test"],
+                test_examples=examples,
                 wall_time=time.perf_counter() - start_time,
                 hub_repo_id=hub_repo_id,
+                user_data=user_data,
+                tokenizer_description=describe_tokenizer(model_args, tokenizer),
+                early_stopping_patience=data_args.early_stopping_patience,
+                trainer_state=trainer.state,
             )
             logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
             if hub_repo_id is not None:
