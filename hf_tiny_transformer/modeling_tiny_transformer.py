@@ -659,7 +659,9 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
         cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
         if self.self_attention_position_bias is not None:
             check_position_bias_backend(config)
-            key_positions = torch.arange(past_length + target_length, device=inputs_embeds.device)[None]
+            # The keys: every cached position and the new ones (a static cache's mask also covers its empty slots).
+            key_length = past_length + target_length if self_attention_mask is None else self_attention_mask.shape[-1]
+            key_positions = torch.arange(key_length, device=inputs_embeds.device)[None]
             position_bias = self.self_attention_position_bias(position_ids, key_positions)
             self_attention_mask = add_position_bias(self_attention_mask, position_bias, is_causal=True)
             source_positions = token_positions(encoder_attention_mask, source_length, inputs_embeds.device)

@@ -12,13 +12,29 @@ import torch  # noqa: E402
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 
 
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
+
+
+@pytest.fixture(params=POSITION_EMBEDDING_TYPES)
+def position_embedding_type(request) -> str:
+    """Every test built on `make_config`/`make_model` runs once per position scheme."""
+    return request.param
+
+
 @pytest.fixture
-def make_config():
-    """A tiny config (vocabulary 40, width 32); keyword arguments override its fields."""
+def make_config(position_embedding_type):
+    """A tiny config (vocabulary 40, width 32) with the position scheme of this run of the test; keyword arguments
+    override its fields."""
 
     def make(**overrides) -> TinyTransformerConfig:
         fields = dict(
-            vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=64
+            vocab_size=40,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            num_attention_heads=4,
+            ffn_dim=64,
+            position_embedding_type=position_embedding_type,
         )
         return TinyTransformerConfig(**{**fields, **overrides})
 

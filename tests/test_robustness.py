@@ -57,7 +57,9 @@ def valid_configs(draw) -> TinyTransformerConfig:
         dropout=draw(st.sampled_from([0.0, 0.1, 0.5])),
         attention_dropout=draw(st.sampled_from([0.0, 0.2])),
         activation_function=draw(st.sampled_from(ACTIVATIONS)),
-        position_embedding_type=draw(st.sampled_from(["sinusoidal", "learned"])),
+        position_embedding_type=draw(st.sampled_from(["sinusoidal", "learned", "relative"])),
+        relative_attention_num_buckets=draw(st.sampled_from([4, 8, 32])),
+        relative_attention_max_distance=draw(st.sampled_from([17, 128])),
         norm_position=draw(st.sampled_from(["pre", "post"])),
         tie_word_embeddings=draw(st.booleans()),
         initializer_range=draw(st.sampled_from([0.02, 0.5])),
@@ -362,6 +364,13 @@ def test_generating_past_the_position_table_raises_value_error(position_embeddin
     model = tiny_model(position_embedding_type=position_embedding_type, max_position_embeddings=8)
     with pytest.raises(ValueError, match=r"`decoder_input_ids` reaches position 9, beyond `max_position_embeddings`"):
         model.generate(torch.full((1, 4), 5), max_new_tokens=12, min_new_tokens=12, use_cache=use_cache)
+
+
+def test_relative_positions_have_no_length_limit():
+    model = tiny_model(position_embedding_type="relative", max_position_embeddings=8)
+    assert finite(model(input_ids=torch.full((1, 20), 5), decoder_input_ids=torch.full((1, 30), 5)).logits)
+    generated = model.generate(torch.full((1, 20), 5), max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    assert generated.shape == (1, 31)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -118,9 +118,13 @@ def build_corpus(
     test_size: int,
     min_length: int,
     max_length: int,
+    longer_test_size: int = 0,
+    longer_max_length: int | None = None,
     cache_dir: str | None = None,
 ) -> DatasetDict:
-    """The corpus of `task` as a `DatasetDict` with `train`, `validation` and `test` splits of `source`/`target` texts.
+    """The corpus of `task` as a `DatasetDict` with `train`, `validation` and `test` splits of `source`/`target` texts,
+    and, with `longer_test_size`, a `longer_test` split of held-out sources longer than any in training
+    (`max_length` + 1 to `longer_max_length`), which measures how far the model generalises past what it saw.
 
     Each split is written once by `Dataset.from_generator` to the datasets cache (`HF_DATASETS_CACHE`, or
     `cache_dir`). Its fingerprint is computed from the arguments and `CORPUS_VERSION`, so a second call with the
@@ -135,23 +139,29 @@ def build_corpus(
     for split, size in sizes.items():
         if size < 1:
             raise ValueError(f"{split}_size must be at least 1; got {size}")
+    # name -> (the split whose sources it draws, examples, lengths)
+    splits = {split: (split, size, min_length, max_length) for split, size in sizes.items()}
+    if longer_test_size:
+        if longer_max_length is None or longer_max_length <= max_length:
+            raise ValueError(f"longer_max_length must exceed max_length {max_length}; got {longer_max_length}")
+        splits["longer_test"] = ("test", longer_test_size, max_length + 1, longer_max_length)
     features = Features({"source": Value("string"), "target": Value("string")})
     corpus = {}
-    for split, size in sizes.items():
+    for name, (split, size, shortest, longest) in splits.items():
         gen_kwargs = {
             "task": task,
             "split": split,
             "num_examples": size,
-            "min_length": min_length,
-            "max_length": max_length,
+            "min_length": shortest,
+            "max_length": longest,
             "seed": seed,
         }
         description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
-        corpus[split] = Dataset.from_generator(
+        corpus[name] = Dataset.from_generator(
             generate_examples,
             features=features,
             gen_kwargs=gen_kwargs,
-            split=split,
+            split=name,
             cache_dir=cache_dir,
             fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
         )
