@@ -116,6 +116,12 @@ COMMON_DEFAULTS = {
     "report_to": "none",
     # Pinned memory only helps copies to a GPU; on a CPU-only machine it just warns.
     "dataloader_pin_memory": torch.cuda.is_available(),
+    # Distributed and mixed precision (issue 12). Every parameter of TinyTransformer takes part in every step, so DDP's
+    # search for unused ones (the Trainer's default) is only an extra walk over the autograd graph at each backward.
+    "ddp_find_unused_parameters": False,
+    # Without an accelerator, say "CPU" explicitly: only then do torchrun's processes join one gloo group (otherwise
+    # each rank trains alone, silently) and does the Trainer accept --bf16 (CPU autocast).
+    "use_cpu": not torch.accelerator.is_available(),
 }
 TASK_DEFAULTS = {
     "copy": {},
