@@ -436,6 +436,10 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         trainer.save_model()
         if trainer.is_world_process_zero():
             output_dir = Path(training_args.output_dir)
+            if trainer.is_fsdp_enabled:
+                # The trained weights are sharded over the processes, so a forward on this rank alone (the figure,
+                # the card's examples) would wait for the others forever; the folder just saved holds them whole.
+                model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).to(training_args.device)
             plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
             attention_example = plot_cross_attention(model, tokenizer, corpus["test"], output_dir / "attention.png")
             write_model_card(
