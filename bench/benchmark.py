@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
 from timing import alternate
+from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
 from transformers.utils import is_flash_attn_2_available
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
