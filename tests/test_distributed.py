@@ -21,6 +21,7 @@ from hf_tiny_transformer_train import train
 
 TESTS = Path(__file__).resolve().parent
 FULLY_SHARD_SCRIPT = TESTS / "train_with_fully_shard.py"
+DDP_CONFIG = TESTS.parent / "train" / "accelerate" / "ddp.yaml"
 TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
 # FSDP against one process after 4 AdamW steps (lr 1e-3): the gradients are averaged over the ranks in another order
@@ -67,6 +68,22 @@ report = {
     "saved_dtypes": saved_dtypes,
 }
 with open(f"{output_dir}/probe.json", "w") as file:
+    json.dump(report, file)
+"""
+
+# Runs train.py's main in each launched process and reports how the Trainer distributed the work.
+LAUNCH_PROBE = """
+import json, sys
+from hf_tiny_transformer_train import train
+
+trainer = train.main(sys.argv[1:])
+report = {
+    "world_size": trainer.args.world_size,
+    "distributed_type": str(trainer.accelerator.distributed_type),
+    "wrapped_model": type(trainer.model_wrapped).__name__,
+    "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
+}
+with open(f"{trainer.args.output_dir}/rank{trainer.args.process_index}.json", "w") as file:
     json.dump(report, file)
 """
 
@@ -117,6 +134,34 @@ def test_train_script_uses_the_cpu_explicitly_where_there_is_no_accelerator():
     # Without use_cpu, torchrun's ranks would each train alone and --bf16 would be refused.
     _, _, training_args = train.parse_arguments([])
     assert training_args.use_cpu is True
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_ddp_config_trains_on_two_cpu_processes(tmp_path):
+    # The GPU config of the README, on a machine without GPU: train.py's use_cpu default makes it DDP over gloo.
+    probe = tmp_path / "launch_probe.py"
+    probe.write_text(LAUNCH_PROBE)
+    output_dir = tmp_path / "ddp"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(DDP_CONFIG),
+        "--num_processes",
+        "2",
+    ]
+    flags = ["--max_steps", "4", "--do_eval", "false", "--do_predict", "false", "--output_dir", str(output_dir)]
+    run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path)
+    for rank in range(2):
+        report = json.loads((output_dir / f"rank{rank}.json").read_text())
+        assert report == {
+            "world_size": 2,
+            "distributed_type": "DistributedType.MULTI_CPU",
+            "wrapped_model": "DistributedDataParallel",
+            "find_unused_parameters": False,
+        }
+    assert (output_dir / "model.safetensors").is_file()
 
 
 # FSDP2 on CPU: fully_shard with fsdp.yaml's policy (the Trainer runs DDP instead when use_cpu is set).
