@@ -25,6 +25,7 @@ Figures are medians over the repeats. The script prints a table and writes JSON;
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import statistics
@@ -99,10 +100,10 @@ def random_batch(workload: dict, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
-def training_step(model, parameters_of, workload: dict, inputs: dict, autocast_dtype: torch.dtype | None = None):
-    """One Trainer-like optimizer step of `model` (possibly wrapped: DDP, compiled) on `inputs`."""
-    parameters = list(parameters_of.parameters())
-    optimizer = make_optimizer(parameters_of, workload["learning_rate"], workload["weight_decay"])
+def training_step(model, unwrapped, workload: dict, inputs: dict, autocast_dtype: torch.dtype | None = None):
+    """One Trainer-like optimizer step of `model` (`unwrapped` itself, or it wrapped by DDP or compiled) on `inputs`."""
+    parameters = list(unwrapped.parameters())
+    optimizer = make_optimizer(unwrapped, workload["learning_rate"], workload["weight_decay"])
     autocast = torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
     def step():
@@ -130,11 +131,14 @@ def ddp_worker(workload: dict, repeats: int, warmup: int, result_path: Path) -> 
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     inputs = random_batch(workload, seed=1 + rank)  # each rank its own half of the global batch
-    steps = {}
-    for find_unused in (True, False):
+
+    def ddp_step(find_unused: bool):
         model = build_model(workload)
-        wrapped = DistributedDataParallel(model, find_unused_parameters=find_unused)
-        steps[f"find_unused_parameters={find_unused}"] = training_step(wrapped, model, workload, inputs)
+        return training_step(
+            DistributedDataParallel(model, find_unused_parameters=find_unused), model, workload, inputs
+        )
+
+    steps = {f"find_unused_parameters={find_unused}": ddp_step(find_unused) for find_unused in (True, False)}
     # Both ranks call the same variants in the same order, so their all-reduces pair up.
     seconds = alternate(steps, repeats, warmup=warmup)
     if rank == 0:
@@ -142,6 +146,11 @@ def ddp_worker(workload: dict, repeats: int, warmup: int, result_path: Path) -> 
         for name, times in seconds.items():
             result[name] = summarize(times, world_size * tokens_per_step(workload))
         result_path.write_text(json.dumps(result))
+    # Free the DDP models while the process group is still registered. Freed after it, a DDP reducer would drop the
+    # group's last reference and run its destructor holding the GIL, which waits for gloo's worker threads, which may
+    # need the GIL to release their last work: a teardown deadlock seen here with torch 2.13 (pytorch/pytorch#56297).
+    del steps
+    gc.collect()
     dist.destroy_process_group()
 
 

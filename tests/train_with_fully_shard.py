@@ -12,6 +12,7 @@ output projection) the root unit. At the end the full state dict is gathered to 
 """
 
 import argparse
+import gc
 import json
 import os
 from pathlib import Path
@@ -135,6 +136,11 @@ def main() -> None:
         plain.save_pretrained(args.output_dir)
     (args.output_dir / f"rank{rank}.json").write_text(json.dumps(report))
     if distributed:
+        # Free the sharded model and its optimizer state while the process group is still registered, so that the
+        # group's destructor runs in destroy_process_group, which releases the GIL, and not in a destructor that
+        # holds it while gloo's worker threads may need it (a teardown deadlock; pytorch/pytorch#56297).
+        del model, optimizer
+        gc.collect()
         dist.destroy_process_group()
 
 
