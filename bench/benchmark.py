@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
 from timing import alternate
+from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
 from transformers.utils import is_flash_attn_2_available
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
@@ -73,12 +73,12 @@ class Device:
         return torch.autocast(self.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
-def pick_device(requested: str | None) -> Device:
+def pick_device(requested: str | None, attn_implementation: str | None = None) -> Device:
     device_type = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":
-        attn = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+        attn = attn_implementation or ("flash_attention_2" if is_flash_attn_2_available() else "sdpa")
         return Device("cuda", torch.bfloat16, attn)
-    return Device(device_type, torch.float32, "sdpa")
+    return Device(device_type, torch.float32, attn_implementation or "sdpa")
 
 
 def synchronize(device: Device) -> None:
@@ -317,7 +317,7 @@ def rss_bytes(field: str) -> int:
 def peak_memory_child(spec: dict) -> dict:
     """Runs in a fresh process: build one model, run the workload, report peak RSS (and peak CUDA memory)."""
     torch.set_num_threads(spec["threads"])
-    device = pick_device(spec["device"])
+    device = pick_device(spec["device"], spec["attn_implementation"])
     size = SIZES[spec["size"]]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -348,7 +348,13 @@ def benchmark_memory(workloads: list[dict], device: Device, threads: int) -> lis
     for workload in workloads:
         result = dict(workload)
         for name in MODEL_NAMES:
-            spec = {**workload, "model": name, "device": device.type, "threads": threads}
+            spec = {
+                **workload,
+                "model": name,
+                "device": device.type,
+                "attn_implementation": device.attn_implementation,
+                "threads": threads,
+            }
             with context.Pool(1) as pool:
                 result[name] = pool.apply(peak_memory_child, (spec,))
         key = "peak_cuda_bytes" if device.type == "cuda" else "peak_rss_delta_bytes"
@@ -630,6 +636,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument(
+        "--attn_implementation",
+        choices=["sdpa", "eager", "flash_attention_2"],
+        help="attention of both models (default: flash_attention_2 on CUDA where flash_attn is installed, else sdpa)",
+    )
+    parser.add_argument(
         "--sections", default="training,generation,memory,convergence",
         help="comma-separated subset of: training, generation, memory, convergence",
     )
@@ -641,7 +652,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     transformers.logging.set_verbosity_error()
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.attn_implementation)
     quick = args.quick or args.smoke
     sizes = [TINY] if args.smoke else [SMALL] if quick else [SMALL, MEDIUM]
     # Shapes of the inputs: the benchmark's own, or a few tokens for --smoke.

@@ -42,3 +42,20 @@ def test_kernel_comparisons_run():
     printed = run_script("design_kernels.py", "--repeats", "1")
     for what in ("projection 32 x 512 -> 1536", "dropout forward + backward", "cache append, batch 32"):
         assert what in printed
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_reports_every_measurement(tmp_path):
+    output = tmp_path / "distributed.json"
+    printed = run_script("distributed.py", "--smoke", "--output", str(output))
+    report = json.loads(output.read_text())
+    assert report["ddp"]["world_size"] == 2
+    for variant in ("find_unused_parameters=True", "find_unused_parameters=False"):
+        assert report["ddp"][variant]["steps_per_s"] > 0 and report["ddp"][variant]["tokens_per_s"] > 0
+    assert report["one_process"]["tokens_per_s"] > 0 and report["all_cores"]["tokens_per_s"] > 0
+    for variant in ("fp32 eager", "bf16 autocast", "fp32 compiled"):
+        assert report["precision"][variant]["tokens_per_s"] > 0
+    assert report["precision"]["first_compiled_step_s"] > 0
+    for row in ("steps/s, find_unused_parameters=False", "scaling efficiency, 2 processes", "bf16 autocast (--bf16)",
+                "torch.compile (--torch_compile)", "torch.compile time"):  # fmt: skip
+        assert row in printed

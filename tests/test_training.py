@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from hf_tiny_transformer_train import train
 from hf_tiny_transformer_train.data import generate_examples
 
-
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train" / "train.py"
 # Copy of 1-4 integers with a small model: learnt in a few hundred steps, seconds of CPU.
@@ -215,6 +214,7 @@ report = {
     "per_device_batch": args.per_device_train_batch_size,
     "batches_per_rank": len(trainer.get_train_dataloader()),
     "global_step": trainer.state.global_step,
+    "find_unused_parameters": trainer.model_wrapped.find_unused_parameters,
     "parameters_sha256": hashlib.sha256(parameters.numpy().tobytes()).hexdigest(),
 }
 with open(f"{args.output_dir}/rank{args.process_index}.json", "w") as file:
@@ -228,8 +228,7 @@ def test_two_cpu_processes_share_the_batch_and_keep_identical_weights(tmp_path):
     probe.write_text(PROBE)
     output_dir = tmp_path / "ddp"
     flags = [*TINY, "--output_dir", str(output_dir), "--train_size", "256", "--per_device_train_batch_size", "8",
-             "--max_steps", "-1", "--num_train_epochs", "1", "--eval_strategy", "no", "--use_cpu", "true",
-             "--ddp_find_unused_parameters", "false"]  # fmt: skip
+             "--max_steps", "-1", "--num_train_epochs", "1", "--eval_strategy", "no"]  # fmt: skip
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     completed = subprocess.run(
         [*torchrun, str(probe), *flags], env=environment(tmp_path), cwd=tmp_path, capture_output=True, text=True,
@@ -242,6 +241,7 @@ def test_two_cpu_processes_share_the_batch_and_keep_identical_weights(tmp_path):
         # Each rank sees half of the 256 examples, 8 at a time: every optimizer step consumes 2 x 8 examples.
         assert report["batches_per_rank"] == 256 // (2 * 8)
         assert report["global_step"] == 256 // (2 * 8)
+        assert report["find_unused_parameters"] is False  # train.py's default: no search for unused parameters
     assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
     assert json.loads((output_dir / "test_results.json").read_text())["test_exact_match"] >= 0
 

@@ -136,6 +136,12 @@ COMMON_DEFAULTS = {
     "report_to": "none",
     # Pinned memory only helps copies to a GPU; on a CPU-only machine it just warns.
     "dataloader_pin_memory": torch.cuda.is_available(),
+    # Distributed and mixed precision (issue 12). Every parameter of TinyTransformer takes part in every step, so DDP's
+    # search for unused ones (the Trainer's default) is only an extra walk over the autograd graph at each backward.
+    "ddp_find_unused_parameters": False,
+    # Without an accelerator, say "CPU" explicitly: only then do torchrun's processes join one gloo group (otherwise
+    # each rank trains alone, silently) and does the Trainer accept --bf16 (CPU autocast).
+    "use_cpu": not torch.accelerator.is_available(),
 }
 TASK_DEFAULTS = {
     "copy": {},
@@ -844,6 +850,10 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         trainer.save_model()
         if trainer.is_world_process_zero():
             output_dir = Path(training_args.output_dir)
+            if trainer.is_fsdp_enabled:
+                # The trained weights are sharded over the processes, so a forward on this rank alone (the figure,
+                # the card's examples) would wait for the others forever; the folder just saved holds them whole.
+                model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).to(training_args.device)
             # Examples for the card: held-out ones, from the training data only where nothing was held out.
             examples = next(corpus[split] for split in ("test", "validation", "train") if split in corpus)
             plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")

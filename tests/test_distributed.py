@@ -1,0 +1,224 @@
+"""Distributed and mixed-precision training as users run it: train.py's DDP defaults, FSDP2 over two CPU processes
+against one process, and --bf16 / --torch_compile through train.py end to end.
+
+The 2-process DDP run of train.py itself is in test_training.py; the benchmark's smoke run in test_benchmark.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM
+
+from hf_tiny_transformer import TinyTransformerForConditionalGeneration
+from hf_tiny_transformer_train import train
+
+TESTS = Path(__file__).resolve().parent
+FULLY_SHARD_SCRIPT = TESTS / "train_with_fully_shard.py"
+DDP_CONFIG = TESTS.parent / "train" / "accelerate" / "ddp.yaml"
+TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+# FSDP against one process after 4 AdamW steps (lr 1e-3): the gradients are averaged over the ranks in another order
+# than one process sums them, so the weights may differ by rounding; 1e-5 is 1% of one step's update (measured:
+# 1.4e-6).
+FSDP_WEIGHT_TOLERANCE = 1e-5
+# bf16 autocast against fp32, every logged loss of the 20-step run below, relative (measured: at most 0.005%).
+BF16_LOSS_TOLERANCE = 0.005
+# Compiled against eager, every logged loss (the Trainer logs losses rounded to 4 decimals; measured: equal).
+COMPILE_LOSS_TOLERANCE = 5e-4
+
+# A one-layer model on copies of exactly 4 integers: one input shape, so torch.compile compiles once; 20 steps.
+SHORT_RUN = [
+    "--task", "copy", "--min_length", "4", "--max_length", "4",
+    "--train_size", "640", "--validation_size", "32", "--test_size", "32",
+    "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1", "--num_attention_heads", "4",
+    "--ffn_dim", "64", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "32",
+    "--max_steps", "20", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1",
+    "--eval_strategy", "no", "--disable_tqdm", "true",
+]  # fmt: skip
+
+# Runs train.py's main as `python train/train.py` would, then reports what the Trainer did.
+PROBE = """
+import json, sys
+import torch
+from safetensors import safe_open
+from hf_tiny_transformer_train import train
+
+trainer = train.main(sys.argv[1:])
+output_dir = trainer.args.output_dir
+# The Trainer (Accelerate) wraps the model's forward in autocast; a layer's output dtype shows what it computed in.
+dtypes = []
+trainer.model.lm_head.register_forward_hook(lambda module, inputs, output: dtypes.append(str(output.dtype)))
+ids = torch.tensor([[5, 6, 7, 8, 2]])
+with torch.no_grad():
+    trainer.model(input_ids=ids, labels=ids)
+with safe_open(f"{output_dir}/model.safetensors", "pt") as saved:
+    saved_dtypes = sorted({str(saved.get_tensor(name).dtype) for name in saved.keys()})
+report = {
+    "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    "mixed_precision": trainer.accelerator.mixed_precision,
+    "lm_head_output_dtype": dtypes[0],
+    "wrapped_model": type(trainer.model_wrapped).__name__,
+    "saved_dtypes": saved_dtypes,
+}
+with open(f"{output_dir}/probe.json", "w") as file:
+    json.dump(report, file)
+"""
+
+# Runs train.py's main in each launched process and reports how the Trainer distributed the work.
+LAUNCH_PROBE = """
+import json, sys
+from hf_tiny_transformer_train import train
+
+trainer = train.main(sys.argv[1:])
+report = {
+    "world_size": trainer.args.world_size,
+    "distributed_type": str(trainer.accelerator.distributed_type),
+    "wrapped_model": type(trainer.model_wrapped).__name__,
+    "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
+}
+with open(f"{trainer.args.output_dir}/rank{trainer.args.process_index}.json", "w") as file:
+    json.dump(report, file)
+"""
+
+
+def environment(tmp: Path) -> dict[str, str]:
+    """No network, caches under `tmp`, one thread per process (torchrun's own default)."""
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp / "hf_home"),
+        "HF_DATASETS_CACHE": str(tmp / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run(command: list[str], tmp: Path) -> None:
+    completed = subprocess.run(
+        command, env=environment(tmp), cwd=tmp, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
+
+
+def run_probe(tmp: Path, *flags: str) -> dict:
+    probe = tmp / "probe.py"
+    probe.write_text(PROBE)
+    output_dir = tmp / "run"
+    run([sys.executable, str(probe), *SHORT_RUN, "--output_dir", str(output_dir), *flags], tmp)
+    return json.loads((output_dir / "probe.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fp32_eager_run(tmp_path_factory) -> dict:
+    return run_probe(tmp_path_factory.mktemp("fp32"))
+
+
+# DDP: train.py's defaults.
+
+
+def test_train_script_skips_ddp_unused_parameter_search_by_default():
+    _, _, training_args = train.parse_arguments([])
+    assert training_args.ddp_find_unused_parameters is False
+    _, _, training_args = train.parse_arguments(["--ddp_find_unused_parameters", "true"])
+    assert training_args.ddp_find_unused_parameters is True
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the default of a machine without accelerator")
+def test_train_script_uses_the_cpu_explicitly_where_there_is_no_accelerator():
+    # Without use_cpu, torchrun's ranks would each train alone and --bf16 would be refused.
+    _, _, training_args = train.parse_arguments([])
+    assert training_args.use_cpu is True
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_ddp_config_trains_on_two_cpu_processes(tmp_path):
+    # The GPU config of the README, on a machine without GPU: train.py's use_cpu default makes it DDP over gloo.
+    probe = tmp_path / "launch_probe.py"
+    probe.write_text(LAUNCH_PROBE)
+    output_dir = tmp_path / "ddp"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(DDP_CONFIG),
+        "--num_processes",
+        "2",
+    ]
+    flags = ["--max_steps", "4", "--do_eval", "false", "--do_predict", "false", "--output_dir", str(output_dir)]
+    run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path)
+    for rank in range(2):
+        report = json.loads((output_dir / f"rank{rank}.json").read_text())
+        assert report == {
+            "world_size": 2,
+            "distributed_type": "DistributedType.MULTI_CPU",
+            "wrapped_model": "DistributedDataParallel",
+            "find_unused_parameters": False,
+        }
+    assert (output_dir / "model.safetensors").is_file()
+
+
+# FSDP2 on CPU: fully_shard with fsdp.yaml's policy (the Trainer runs DDP instead when use_cpu is set).
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_trains_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
+    one_process, sharded = tmp_path / "one-process", tmp_path / "fsdp"
+    run([sys.executable, str(FULLY_SHARD_SCRIPT), str(one_process)], tmp_path)
+    run([*TORCHRUN_2, str(FULLY_SHARD_SCRIPT), str(sharded)], tmp_path)
+
+    reports = [json.loads((sharded / f"rank{rank}.json").read_text()) for rank in range(2)]
+    full_parameters = reports[0]["full_parameters"]
+    # Each rank held only its shard; together the shards hold every parameter once.
+    assert all(report["sharded"] and report["local_parameters"] < full_parameters for report in reports)
+    assert sum(report["local_parameters"] for report in reports) == full_parameters
+    reference = json.loads((one_process / "rank0.json").read_text())
+    torch.testing.assert_close(reports[0]["losses"], reference["losses"], rtol=1e-5, atol=0)
+
+    # One ordinary checkpoint, fp32, that from_pretrained loads.
+    assert not list(sharded.glob("*.index.json")) and [path.name for path in sharded.glob("*.safetensors")] == [
+        "model.safetensors"
+    ]
+    with safe_open(sharded / "model.safetensors", "pt") as saved:
+        assert {saved.get_tensor(name).dtype for name in saved.keys()} == {torch.float32}
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(sharded)
+    assert isinstance(loaded, TinyTransformerForConditionalGeneration)
+    trained_in_one_process = load_file(one_process / "model.safetensors")
+    loaded_weights = loaded.state_dict()
+    for name, tensor in trained_in_one_process.items():
+        torch.testing.assert_close(loaded_weights[name], tensor, rtol=0, atol=FSDP_WEIGHT_TOLERANCE, msg=name)
+
+    # The comparison means something: training moved the weights far more than the tolerance.
+    torch.manual_seed(0)  # the script's seed: the same initial weights
+    initial = TinyTransformerForConditionalGeneration(loaded.config).state_dict()
+    moved = max((trained_in_one_process[name] - initial[name]).abs().max().item() for name in trained_in_one_process)
+    assert moved > 100 * FSDP_WEIGHT_TOLERANCE
+
+
+# Mixed precision and compilation through train.py.
+
+
+@pytest.mark.slow
+def test_bf16_run_computes_in_bf16_saves_fp32_weights_and_follows_the_fp32_loss_curve(fp32_eager_run, tmp_path):
+    bf16_run = run_probe(tmp_path, "--bf16", "true")
+    assert bf16_run["mixed_precision"] == "bf16" and bf16_run["lm_head_output_dtype"] == "torch.bfloat16"
+    assert fp32_eager_run["lm_head_output_dtype"] == "torch.float32"
+    assert bf16_run["saved_dtypes"] == ["torch.float32"]  # autocast: the weights themselves stay fp32
+    assert len(bf16_run["losses"]) == len(fp32_eager_run["losses"]) == 20
+    for bf16_loss, fp32_loss in zip(bf16_run["losses"], fp32_eager_run["losses"]):
+        assert abs(bf16_loss - fp32_loss) <= BF16_LOSS_TOLERANCE * fp32_loss
+
+
+@pytest.mark.slow
+def test_compiled_run_gives_the_eager_loss(fp32_eager_run, tmp_path):
+    compiled_run = run_probe(tmp_path, "--torch_compile", "true")
+    assert compiled_run["wrapped_model"] == "OptimizedModule" and fp32_eager_run["wrapped_model"] != "OptimizedModule"
+    assert compiled_run["saved_dtypes"] == ["torch.float32"]
+    assert len(compiled_run["losses"]) == len(fp32_eager_run["losses"]) == 20
+    torch.testing.assert_close(compiled_run["losses"], fp32_eager_run["losses"], rtol=0, atol=COMPILE_LOSS_TOLERANCE)
