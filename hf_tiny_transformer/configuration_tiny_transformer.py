@@ -62,11 +62,14 @@ class TinyTransformerConfig(PretrainedConfig):
             bucketed distance between query and key (T5's scheme, in encoder self-attention, decoder
             self-attention and encoder-decoder attention), so a model can run on sequences longer than any it saw.
             Needs attn_implementation "sdpa" or "eager" (flash attention cannot add a bias).
-        relative_attention_num_buckets (`int`, defaults to 32): distance buckets of `"relative"` positions, an even
+        relative_attention_num_buckets (`int`, defaults to 8): distance buckets of `"relative"` positions, an even
             number >= 4: distances below a quarter of it (half, in the decoder's one-sided self-attention) get a
-            bucket each, longer ones share logarithmically wider buckets.
-        relative_attention_max_distance (`int`, defaults to 128): distances from this one on share the last
-            bucket; greater than half of `relative_attention_num_buckets`.
+            bucket each, longer ones share logarithmically wider buckets. T5 uses 32.
+        relative_attention_max_distance (`int`, defaults to 6): distances from this one on share the last
+            bucket; greater than half of `relative_attention_num_buckets`. T5 uses 128. The defaults are local:
+            trained on sequences of 1-25 integers, copy and reverse held 94-96% exact match on 26-50 with 8 / 6,
+            against 36% (copy) with T5's 32 / 128, as distances never seen in training no longer get buckets of
+            their own (bench/README.md).
         norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
             the last layer), `"post"` after each residual addition, as in the original paper.
         tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
@@ -101,8 +104,8 @@ class TinyTransformerConfig(PretrainedConfig):
     attention_dropout: float = 0.0
     activation_function: str = "gelu"
     position_embedding_type: str = "sinusoidal"
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
+    relative_attention_num_buckets: int = 8
+    relative_attention_max_distance: int = 6
     norm_position: str = "pre"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02

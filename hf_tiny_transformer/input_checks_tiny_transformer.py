@@ -80,6 +80,35 @@ def check_attention_mask(
         raise ValueError(f"`{name}` must hold only 1 (token) and 0 (padding), got {bad}.")
 
 
+def check_ids_or_embeddings(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    vocab_size: int,
+    d_model: int,
+    ids_name: str,
+    embeds_name: str,
+) -> None:
+    """Raise `ValueError` unless exactly one of `input_ids` and `inputs_embeds` is given, and it is valid."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"Pass exactly one of `{ids_name}` and `{embeds_name}`.")
+    if input_ids is not None:
+        check_token_ids(input_ids, ids_name, vocab_size)
+    else:
+        check_embeddings(inputs_embeds, embeds_name, d_model)
+
+
+def check_encoder_states(encoder_hidden_states: torch.Tensor | None, batch_size: int, d_model: int) -> None:
+    """Raise `ValueError` unless the decoder's `encoder_hidden_states` fit a decoder input of `batch_size` rows."""
+    if encoder_hidden_states is None:
+        raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output H).")
+    check_embeddings(encoder_hidden_states, "encoder_hidden_states", d_model)
+    if encoder_hidden_states.shape[0] != batch_size:
+        raise ValueError(
+            f"The encoder states hold {encoder_hidden_states.shape[0]} sequences but the decoder input holds "
+            f"{batch_size}; pass `input_ids`/`encoder_outputs` and `decoder_input_ids` with the same batch size."
+        )
+
+
 def check_length(length: int, max_positions: int | None, name: str) -> None:
     """Raise `ValueError` if a sequence reaches past a position table of `max_positions` rows (None: no table)."""
     if max_positions is not None and length > max_positions:

@@ -14,10 +14,9 @@ encoder-decoder attention. Attention runs through transformers' attention interf
 eager is the equations above written out and returns α for interpretability.
 
 In reading order: positions and embeddings, masks, attention, the residual sub-layer and the feed-forward network,
-the two layers, the pre-trained base, the encoder, the decoder and the two public models. Speed paths live in
-fast_paths_tiny_transformer.py, input checks in input_checks_tiny_transformer.py and checkpoint checks in
-checkpoint_checks_tiny_transformer.py. `save_pretrained` copies all of them next to the weights (they import only
-torch, transformers, safetensors and each other), so that `trust_remote_code=True` loads without this package.
+the two layers, the pre-trained base, the encoder, the decoder and the two public models. Sibling modules hold the
+relative positions' biases, the speed paths, the input checks and the checkpoint checks; `save_pretrained` copies
+them all next to the weights, so that `trust_remote_code=True` loads without this package.
 """
 
 import math
@@ -40,7 +39,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling, logging
+from transformers.utils import TransformersKwargs, can_return_tuple, is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -53,9 +52,14 @@ from .fast_paths_tiny_transformer import (
     apply_dropout,
     lean_generation_inputs,
 )
-from .input_checks_tiny_transformer import check_attention_mask, check_embeddings, check_length, check_token_ids
-
-logger = logging.get_logger(__name__)
+from .input_checks_tiny_transformer import (
+    check_attention_mask,
+    check_encoder_states,
+    check_ids_or_embeddings,
+    check_length,
+    check_token_ids,
+)
+from .relative_positions_tiny_transformer import TinyTransformerDecoderPositionBias, TinyTransformerEncoderPositionBias
 
 # transformers renamed the key/value cache argument and output field from `past_key_values` to `cache` during 5.x
 # (5.17 has the old name, 5.24 the new one). The forwards take `cache`; `past_key_values` is renamed to it, with the
@@ -122,13 +126,9 @@ def absolute_position_embedding(config: TinyTransformerConfig) -> nn.Module | No
 
 
 class TinyTransformerScaledEmbedding(nn.Embedding):
-    """Token embedding on the scale of the position vectors it is added to.
-
-    With sinusoidal positions (unit amplitude) the token vectors are multiplied by √d_model (Vaswani et al. §3.4).
-    Learned positions are initialised like the token embedding, and relative positions add nothing, so the scale is
-    1 (with √d, the reverse task took 1200 steps to 99% exact match instead of 1000-1100; bench/README.md). The scale
-    lives in the module so that `get_input_embeddings()(ids)` gives valid `inputs_embeds`.
-    """
+    """Token embedding on the scale of the position vectors added to it: × √d_model for unit-amplitude sinusoidal
+    ones (Vaswani et al. §3.4), × 1 for learned ones (initialised like the tokens) and relative ones. Inside the
+    module, so that `get_input_embeddings()(ids)` gives valid `inputs_embeds`."""
 
     def __init__(self, config: TinyTransformerConfig):
         super().__init__(config.vocab_size, config.d_model)
@@ -137,80 +137,6 @@ class TinyTransformerScaledEmbedding(nn.Embedding):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeddings = super().forward(input_ids)
         return embeddings * self.embed_scale if self.embed_scale != 1.0 else embeddings
-
-
-def relative_position_bucket(
-    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
-) -> torch.Tensor:
-    """T5's buckets for key position - query position (Raffel et al. 2020, §2.1): one bucket per distance below
-    half of the buckets (of a side, when bidirectional), logarithmically wider ones up to `max_distance`, and one
-    for everything farther, so distances never seen in training share a bucket with ones that were."""
-    bucket = torch.zeros_like(relative_position)
-    if bidirectional:
-        num_buckets //= 2
-        bucket += (relative_position > 0).long() * num_buckets  # keys after the query get their own half
-        distance = relative_position.abs()
-    else:
-        distance = (-relative_position).clamp(min=0)  # a causal query sees only keys at or before it
-    exact = num_buckets // 2
-    logarithmic = (
-        exact
-        + (
-            torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
-        ).long()
-    )
-    return bucket + torch.where(distance < exact, distance, logarithmic.clamp(max=num_buckets - 1))
-
-
-class TinyTransformerRelativePositionBias(nn.Module):
-    """B[h, i, j] = b_h(bucket(key_j - query_i)): one learned bias per head and distance bucket, added to the
-    attention scores, S = QKᵀ/√d + B. Shared by all the layers of a stack, as in T5."""
-
-    def __init__(self, config: TinyTransformerConfig, bidirectional: bool):
-        super().__init__()
-        self.bidirectional = bidirectional
-        self.num_buckets = config.relative_attention_num_buckets
-        self.max_distance = config.relative_attention_max_distance
-        self.bias = nn.Embedding(self.num_buckets, config.num_attention_heads)
-
-    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-        """[batch or 1, query] and [batch or 1, key] positions -> B as [batch or 1, heads, query, key]."""
-        relative_position = key_positions[:, None, :] - query_positions[:, :, None]
-        buckets = relative_position_bucket(relative_position, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.bias(buckets).permute(0, 3, 1, 2)
-
-
-class TinyTransformerEncoderDecoderPositionBias(nn.Module):
-    """The relative bias of encoder-decoder attention, between output position i and source position j: counted
-    from the start of the source, and from its end (its last token, </s>, is 0), B = b_start(j - i) + b_end(j' - i).
-
-    Aligning output and source is what copying, reversing and transliterating need, and either count lets a head
-    find "the source token at my own distance from the start (or the end)" for any length. Absolute positions leave
-    that alignment to the content, and fail past the lengths seen in training.
-    """
-
-    def __init__(self, config: TinyTransformerConfig):
-        super().__init__()
-        self.from_start = TinyTransformerRelativePositionBias(config, bidirectional=True)
-        self.from_end = TinyTransformerRelativePositionBias(config, bidirectional=True)
-
-    def forward(
-        self, query_positions: torch.Tensor, source_positions: torch.Tensor, source_lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """[1, query] output positions, [batch or 1, source] source positions and [batch or 1, 1] source lengths
-        -> B as [batch or 1, heads, query, source]."""
-        source_positions_from_end = source_lengths - 1 - source_positions
-        return self.from_start(query_positions, source_positions) + self.from_end(
-            query_positions, source_positions_from_end
-        )
-
-
-def check_position_bias_backend(config: TinyTransformerConfig) -> None:
-    if config._attn_implementation not in ("eager", "sdpa"):
-        raise ValueError(
-            "position_embedding_type='relative' adds a bias to the attention scores, which attn_implementation "
-            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------- masks
@@ -256,13 +182,16 @@ def causal_mask(
     return create_causal_mask(config, inputs_embeds, attention_mask, self_attention_cache)
 
 
+def causal_keys(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
+    """[query, key] booleans, True where key j is not after query i, which sits at position key_length -
+    query_length + i (a cache holds the earlier keys)."""
+    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
+
+
 def add_position_bias(mask: torch.Tensor | None, position_bias: torch.Tensor, is_causal: bool) -> torch.Tensor:
     """The additive mask of S = QKᵀ/√d + B: the position bias B where `mask` lets a query attend to a key."""
-    query_length, key_length = position_bias.shape[-2:]
     if mask is None and is_causal:
-        # Query i sits at position key_length - query_length + i (a cache holds the earlier keys).
-        mask = torch.ones(query_length, key_length, dtype=torch.bool, device=position_bias.device)
-        mask = mask.tril(key_length - query_length)
+        mask = causal_keys(*position_bias.shape[-2:], position_bias.device)
     if mask is None:
         return position_bias
     allowed = mask if mask.dtype == torch.bool else mask == 0  # eager masks are additive: 0 where allowed
@@ -286,8 +215,7 @@ def eager_attention_forward(
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # S = QKᵀ/√d
     query_length, key_length = scores.shape[-2:]
     if attention_mask is None and module.is_causal and query_length > 1:
-        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=scores.device)
-        attention_mask = attention_mask.tril(key_length - query_length)
+        attention_mask = causal_keys(query_length, key_length, scores.device)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -525,11 +453,8 @@ class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = TinyTransformerScaledEmbedding(config)
         self.embed_positions = absolute_position_embedding(config)
-        self.self_attention_position_bias = (
-            TinyTransformerRelativePositionBias(config, bidirectional=True)
-            if config.position_embedding_type == "relative"
-            else None
-        )
+        relative = config.position_embedding_type == "relative"
+        self.position_bias = TinyTransformerEncoderPositionBias(config) if relative else None
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
         self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
@@ -545,13 +470,11 @@ class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
     ) -> BaseModelOutput:
         config = self.config
         kwargs.pop("cache", None)  # generate() in transformers 5.17 hands a user's decoder cache to the encoder too
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds` to the encoder.")
+        check_ids_or_embeddings(
+            input_ids, inputs_embeds, config.vocab_size, config.d_model, "input_ids", "inputs_embeds"
+        )
         if input_ids is not None:
-            check_token_ids(input_ids, "input_ids", config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
-        else:
-            check_embeddings(inputs_embeds, "inputs_embeds", config.d_model)
         batch_size, source_length = inputs_embeds.shape[:2]
         check_attention_mask(attention_mask, "attention_mask", batch_size, source_length)
         check_length(source_length, config.position_limit, "input_ids")
@@ -562,9 +485,8 @@ class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
             hidden_states = hidden_states + self.embed_positions(position_ids)
         hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         self_attention_mask = padding_mask(config, inputs_embeds, attention_mask)
-        if self.self_attention_position_bias is not None:
-            check_position_bias_backend(config)
-            position_bias = self.self_attention_position_bias(position_ids, position_ids)
+        if self.position_bias is not None:
+            position_bias = self.position_bias(source_length, inputs_embeds.device)
             self_attention_mask = add_position_bias(self_attention_mask, position_bias, is_causal=False)
 
         for layer in self.layers:
@@ -589,10 +511,7 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
         self.embed_tokens = TinyTransformerScaledEmbedding(config)
         self.embed_positions = absolute_position_embedding(config)
         relative = config.position_embedding_type == "relative"
-        self.self_attention_position_bias = (
-            TinyTransformerRelativePositionBias(config, bidirectional=False) if relative else None
-        )
-        self.encoder_attention_position_bias = TinyTransformerEncoderDecoderPositionBias(config) if relative else None
+        self.position_bias = TinyTransformerDecoderPositionBias(config) if relative else None
         self.dropout = config.dropout
         self.layers = nn.ModuleList(TinyTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
         self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
@@ -613,23 +532,14 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `decoder_input_ids` and `decoder_inputs_embeds` to the decoder.")
-        if encoder_hidden_states is None:
-            raise ValueError("The decoder needs `encoder_hidden_states` (the encoder's output H).")
+        check_ids_or_embeddings(
+            input_ids, inputs_embeds, config.vocab_size, config.d_model, "decoder_input_ids", "decoder_inputs_embeds"
+        )
         if input_ids is not None:
-            check_token_ids(input_ids, "decoder_input_ids", config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
-        else:
-            check_embeddings(inputs_embeds, "decoder_inputs_embeds", config.d_model)
         batch_size, target_length = inputs_embeds.shape[:2]
-        check_embeddings(encoder_hidden_states, "encoder_hidden_states", config.d_model)
+        check_encoder_states(encoder_hidden_states, batch_size, config.d_model)
         source_length = encoder_hidden_states.shape[1]
-        if encoder_hidden_states.shape[0] != batch_size:
-            raise ValueError(
-                f"The encoder states hold {encoder_hidden_states.shape[0]} sequences but the decoder input holds "
-                f"{batch_size}; pass `input_ids`/`encoder_outputs` and `decoder_input_ids` with the same batch size."
-            )
 
         if not use_cache:
             cache = None
@@ -657,17 +567,13 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
         hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         self_attention_mask = causal_mask(config, inputs_embeds, attention_mask, cache)
         cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
-        if self.self_attention_position_bias is not None:
-            check_position_bias_backend(config)
+        if self.position_bias is not None:
             # The keys: every cached position and the new ones (a static cache's mask also covers its empty slots).
             key_length = past_length + target_length if self_attention_mask is None else self_attention_mask.shape[-1]
-            key_positions = torch.arange(key_length, device=inputs_embeds.device)[None]
-            position_bias = self.self_attention_position_bias(position_ids, key_positions)
-            self_attention_mask = add_position_bias(self_attention_mask, position_bias, is_causal=True)
             source_positions = token_positions(encoder_attention_mask, source_length, inputs_embeds.device)
-            source_lengths = source_positions.max(-1, keepdim=True).values + 1
-            position_bias = self.encoder_attention_position_bias(position_ids, source_positions, source_lengths)
-            cross_attention_mask = add_position_bias(cross_attention_mask, position_bias, is_causal=False)
+            self_bias, cross_bias = self.position_bias(position_ids, key_length, source_positions)
+            self_attention_mask = add_position_bias(self_attention_mask, self_bias, is_causal=True)
+            cross_attention_mask = add_position_bias(cross_attention_mask, cross_bias, is_causal=False)
 
         for layer in self.layers:
             hidden_states = layer(
@@ -850,17 +756,9 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             else:
                 loss = token_losses_sum / torch.as_tensor(num_items_in_batch, device=logits.device)
 
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-        )
+        # Every field of the base model's output but its last hidden states, which the head turned into logits.
+        fields = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return Seq2SeqLMOutput(loss=loss, logits=logits, **fields)
 
 
 __all__ = [

@@ -11,7 +11,6 @@ import torch  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 
-
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 
 

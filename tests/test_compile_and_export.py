@@ -9,7 +9,9 @@ pytestmark = pytest.mark.slow
 def test_forward_exports_and_matches_eager_execution(make_model, batch):
     model = make_model()
     input_ids, attention_mask = batch(40, [7, 4])
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5], use_cache=False)
+    kwargs = dict(
+        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5], use_cache=False
+    )
     exported = torch.export.export(model, args=(), kwargs=kwargs, strict=False)
     torch.testing.assert_close(exported.module()(**kwargs).logits, model(**kwargs).logits)
 

@@ -147,9 +147,7 @@ def test_assisted_decoding_gives_the_greedy_output(decisive_model, make_model, b
 def test_static_cache_generation_matches_dynamic(decisive_model, batch):
     input_ids, attention_mask = batch(40, [9, 6])
     dynamic = decisive_model.generate(input_ids, attention_mask=attention_mask, **GREEDY)
-    static = decisive_model.generate(
-        input_ids, attention_mask=attention_mask, cache_implementation="static", **GREEDY
-    )
+    static = decisive_model.generate(input_ids, attention_mask=attention_mask, cache_implementation="static", **GREEDY)
     assert torch.equal(dynamic, static)
 
 
@@ -166,9 +164,11 @@ def test_generation_stops_at_eos_and_pads_finished_rows(make_model, batch):
 def test_user_supplied_cache_is_used(decisive_model, batch):
     input_ids, _ = batch(40, [6])
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    out = decisive_model.generate(input_ids, cache=cache, **GREEDY) if "cache" in _forward_arguments(
-        decisive_model
-    ) else decisive_model.generate(input_ids, past_key_values=cache, **GREEDY)
+    out = (
+        decisive_model.generate(input_ids, cache=cache, **GREEDY)
+        if "cache" in _forward_arguments(decisive_model)
+        else decisive_model.generate(input_ids, past_key_values=cache, **GREEDY)
+    )
     assert torch.equal(out, decisive_model.generate(input_ids, **GREEDY))
     assert cache.get_seq_length() == 12
 

@@ -89,12 +89,8 @@ def test_trainer_gradient_accumulation_4x8_equals_one_batch_of_32(make_model, tm
     one_batch = train_one_step(make_model, tmp_path, batch_size=32, accumulation=1)
     accumulated = train_one_step(make_model, tmp_path, batch_size=8, accumulation=4)
     initial = make_model(dropout=0.0)
-    largest_update = max(
-        (a - b).abs().max().item() for a, b in zip(one_batch.parameters(), initial.parameters())
-    )
-    difference = max(
-        (a - b).abs().max().item() for a, b in zip(one_batch.parameters(), accumulated.parameters())
-    )
+    largest_update = max((a - b).abs().max().item() for a, b in zip(one_batch.parameters(), initial.parameters()))
+    difference = max((a - b).abs().max().item() for a, b in zip(one_batch.parameters(), accumulated.parameters()))
     assert largest_update > 1e-3  # the step did something
     assert difference < 1e-6
 

@@ -83,7 +83,10 @@ def test_hidden_states_cover_embeddings_and_every_layer(make_model, batch):
     model = make_model()
     input_ids, attention_mask = batch(40, [5, 5])
     output = model(
-        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :3], output_hidden_states=True
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=input_ids[:, :3],
+        output_hidden_states=True,
     )
     assert len(output.encoder_hidden_states) == model.config.encoder_layers + 1
     assert len(output.decoder_hidden_states) == model.config.decoder_layers + 1

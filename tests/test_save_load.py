@@ -153,7 +153,14 @@ def test_remote_code_loads_in_a_fresh_process_without_our_package(make_model, ba
     environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     environment.pop("PYTHONPATH", None)
     completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(checkpoint), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS_SCRIPT,
+            str(checkpoint),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.pt"),
+        ],
         cwd=tmp_path,
         env=environment,
         capture_output=True,
