@@ -9,7 +9,6 @@ import pytest
 from hf_tiny_transformer_train import data
 from hf_tiny_transformer_train.data import SPLITS, TASKS, build_corpus, generate_examples, make_example, split_of
 
-
 SMALL = {"seed": 0, "train_size": 300, "validation_size": 40, "test_size": 60, "min_length": 1, "max_length": 8}
 
 
@@ -72,12 +71,15 @@ def test_add_targets_are_the_sum_of_the_operands(cache_dir):
     corpus = build_corpus("add", **{**SMALL, "min_length": 1, "max_length": 12}, cache_dir=cache_dir)
     digit_counts = set()
     for example in corpus["train"]:
-        left, right = example["source"].split(" + ")
-        assert all(len(digit) == 1 for digit in left.split() + right.split() + example["target"].split())
-        left, right = int(left.replace(" ", "")), int(right.replace(" ", ""))
-        assert int(example["target"].replace(" ", "")) == left + right
+        left, right = (words(operand) for operand in example["source"].split(" + "))
+        target = words(example["target"])
+        assert all(0 <= digit <= 9 for digit in left + right + target)
+        # Operands written with leading zeros to 12 digits, the sum to 13 digits, least significant first.
+        assert (len(left), len(right), len(target)) == (12, 12, 13)
+        left, right = (int("".join(map(str, digits))) for digits in (left, right))
+        assert int("".join(map(str, target[::-1]))) == left + right
         digit_counts.update({len(str(left)), len(str(right))})
-    # Numbers have no leading zeros, so their digit counts cover the requested range.
+    # Every number of digits in the requested range occurs.
     assert digit_counts == set(range(1, 13))
 
 

@@ -68,7 +68,7 @@ def trained(tmp_path_factory) -> Path:
     output_dir = tmp / "copy-model"
     run_training(
         tmp, *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
-        "--save_steps", "100", "--eval_on_start", "true",
+        "--save_steps", "100", "--eval_on_start", "true", "--target_exact_match", "0.95",
     )  # fmt: skip
     return output_dir
 
@@ -106,9 +106,12 @@ def test_no_arguments_select_the_default_task():
         (["--min_length", "9", "--max_length", "3"], "--max_length (3) must be at least --min_length (9)"),
         (["--d_model", "-8"], "`d_model` must be a positive integer, got -8"),
         (["--d_model", "30", "--num_attention_heads", "4"], "must be divisible by `num_attention_heads`"),
-        (["--max_length", "70"], "more than the model's max_position_embeddings (64)"),
+        (["--position_embedding_type", "learned", "--max_length", "200"], "max_position_embeddings (128)"),
         (["--task", "add", "--max_length", "10", "--max_position_embeddings", "16"], "add sequences of 22 tokens"),
         (["--model_name_or_path", "some/model", "--d_model", "64"], "--d_model cannot be combined with"),
+        (["--target_exact_match", "1.5"], "--target_exact_match must be a share in [0, 1]"),
+        (["--target_exact_match", "0.9", "--do_eval", "false"], "--target_exact_match needs evaluations"),
+        (["--longer_test_size", "-1"], "--longer_test_size must be at least 0"),
     ],
 )
 def test_nonsense_arguments_stop_with_one_clear_line(flags, message, capsys):
@@ -157,8 +160,29 @@ def test_result_folder_is_ready_to_share(trained):
     assert exact_match.metric_value == round(test_exact_match, 4) and exact_match.dataset_split == "test"
     for text in ("python train/train.py --task copy", "![Training and validation curves](training_curves.png)",
                  "![Cross-attention weights](attention.png)", "## Intended use and limitations",
-                 "separated by spaces"):  # fmt: skip
+                 "separated by spaces", "| longer inputs, 5-8 (held out) |",
+                 "It was trained on 1-4 integers per sequence. On 200 held-out inputs of 5-8 integers per sequence, "
+                 "never seen in training, it reaches"):  # fmt: skip
         assert text in card.text
+
+
+@pytest.mark.slow
+def test_training_stops_at_the_first_evaluation_that_reaches_the_target(trained):
+    history = log_history(trained)
+    exact = [(entry["step"], entry["eval_exact_match"]) for entry in history if "eval_exact_match" in entry]
+    state = json.loads((trained / "trainer_state.json").read_text())
+    assert state["global_step"] < 500  # --max_steps 500: stopped before
+    # The last evaluation of training (train.py evaluates once more after it) reached 0.95; none before it did.
+    reached = [step for step, score in exact if score >= 0.95]
+    assert reached[0] == state["global_step"]
+    assert all(score < 0.95 for step, score in exact if step < reached[0])
+
+
+@pytest.mark.slow
+def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained):
+    results = json.loads((trained / "longer_test_results.json").read_text())
+    assert results["longer_test_samples"] == 200
+    assert 0.0 <= results["longer_test_exact_match"] <= 1.0
 
 
 @pytest.mark.slow

@@ -8,10 +8,14 @@ texts, `source` and `target`, written as a person types them: words separated by
 | `copy`    | `42 7 42 13`           | `42 7 42 13`  |
 | `reverse` | `42 7 42 13`           | `13 42 7 42`  |
 | `sort`    | `42 7 42 13`           | `7 13 42 42`  |
-| `add`     | `4 0 7 + 9 5`          | `5 0 2`       |
+| `add`     | `0 4 0 7 + 0 0 9 5`    | `2 0 5 0 0`   |
 
 For `add` the words are decimal digits, so the same vocabulary serves every task and any checkpoint can be
-fine-tuned on any other task.
+fine-tuned on any other task. The operands (1 to `max_length` digits) are written with leading zeros to
+`max_length` digits, and the sum with `max_length` + 1 digits, least significant first (407 + 95 = 502 above, with
+`max_length` 4): every digit of the answer then sits at a fixed distance from the two digits it adds, and is produced
+after the carry it depends on. Written most significant digit first, the first output digit depends on every carry,
+and 5-digit sums stayed at 4% exact match after 1,000 steps.
 
 Which split an example belongs to is decided by a hash of its source text, not by the random draw, so a test
 source never appears in train, whatever the seed or the split sizes. Validation and test never repeat a source.
@@ -36,7 +40,7 @@ PLUS = "+"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
@@ -61,17 +65,22 @@ def source_length(task: str, max_length: int) -> int:
     return 2 * max_length + 1 if task == "add" else max_length
 
 
+def spaced_digits(number: int, width: int) -> str:
+    """`number` as `width` space-separated decimal digits, with leading zeros."""
+    return " ".join(str(number).zfill(width))
+
+
 def make_example(task: str, rng: np.random.Generator, min_length: int, max_length: int) -> dict[str, str]:
     """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand."""
     if task == "add":
         operands = []
         for _ in range(2):
             num_digits = int(rng.integers(min_length, max_length + 1))
-            # No leading zero, except for the number 0 itself; Python ints, so any digit count works.
+            # A number of exactly `num_digits` digits (0 for one digit too); Python ints, so any digit count works.
             digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
-            operands.append("".join(map(str, digits)))
-        total = str(int(operands[0]) + int(operands[1]))
-        return {"source": f"{' '.join(operands[0])} {PLUS} {' '.join(operands[1])}", "target": " ".join(total)}
+            operands.append(int("".join(map(str, digits))))
+        source = f"{spaced_digits(operands[0], max_length)} {PLUS} {spaced_digits(operands[1], max_length)}"
+        return {"source": source, "target": spaced_digits(sum(operands), max_length + 1)[::-1]}
     values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
     if task == "reverse":
         target = values[::-1]

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainerState
 
+from hf_tiny_transformer_train.data import spaced_digits
 from hf_tiny_transformer_train.user_data import UserData
 
 TASK_DESCRIPTIONS = {
@@ -146,13 +147,43 @@ METRICS = {
 PERCENT_METRICS = ("exact_match", "token_accuracy")  # shares, shown as percentages; chrF and BLEU are 0-100 scores
 
 
+def describe_positions_limit(model: PreTrainedModel) -> str:
+    limit = getattr(model.config, "position_limit", model.config.max_position_embeddings)
+    if limit is None:
+        return "its relative positions set no length limit"
+    return f"the model accepts at most {limit} positions"
+
+
+def describe_length_generalisation(
+    min_length: int, max_length: int, longer_max_length: int | None, length_unit: str, metrics: dict[str, float]
+) -> str:
+    """How far the model holds past the training lengths, as measured on the longer test."""
+    trained = f"It was trained on {min_length}-{max_length} {length_unit}."
+    if longer_max_length is None or "longer_test_exact_match" not in metrics:
+        return f"{trained} Longer inputs are outside the training distribution (not measured)"
+    return (
+        f"{trained} On {metrics.get('longer_test_samples', 'the')} held-out inputs of {max_length + 1}-"
+        f"{longer_max_length} {length_unit}, never seen in training, it reaches "
+        f"{100 * metrics['longer_test_exact_match']:.1f}% exact match ({100 * metrics['longer_test_token_accuracy']:.1f}% "
+        "token accuracy): that is how far it holds"
+    )
+
+
 def describe_synthetic_data(
-    task: str, min_length: int, max_length: int, seed: int, model: PreTrainedModel, metrics: dict[str, float]
+    task: str,
+    min_length: int,
+    max_length: int,
+    longer_max_length: int | None,
+    seed: int,
+    model: PreTrainedModel,
+    metrics: dict[str, float],
 ) -> DataDescription:
     length_unit = "digits per operand" if task == "add" else "integers per sequence"
     input_format = (
-        "two numbers written digit by digit, separated by spaces, with ` + ` between them: `4 0 7 + 9 5` means "
-        "407 + 95; the answer comes back the same way (`5 0 2`)"
+        f"two numbers written digit by digit with leading zeros to {max_length} digits, separated by spaces, with "
+        f"` + ` between them: `{spaced_digits(407, max_length)} + {spaced_digits(95, max_length)}` means 407 + 95; "
+        f"the answer comes back with {max_length + 1} digits, least significant first: "
+        f"`{spaced_digits(502, max_length + 1)[::-1]}`"
         if task == "add"
         else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
     )
@@ -172,9 +203,9 @@ inputs of different lengths.""",
   train, validation or test by a hash of its text, so no test source occurs in training.""",
         limitations=f"""- A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
   loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
-- It was trained on {min_length}-{max_length} {length_unit}. Longer inputs are outside the training
-  distribution; the model accepts at most {model.config.max_position_embeddings} positions, and generation stops
-  after `max_new_tokens`={model.generation_config.max_new_tokens} tokens.
+- {describe_length_generalisation(min_length, max_length, longer_max_length, length_unit, metrics)}; {describe_positions_limit(model)},
+  and generation stops after `max_new_tokens`={model.generation_config.max_new_tokens} tokens (pass more for longer
+  inputs).
 - The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
   distribution; they say nothing about other distributions (e.g. long runs of one number).""",
     )
@@ -248,6 +279,7 @@ def write_model_card(
     min_length: int | None,
     max_length: int | None,
     training_args: Seq2SeqTrainingArguments,
+    longer_max_length: int | None = None,
     metrics: dict[str, float],
     argv: list[str],
     base_model: str | None,
@@ -267,7 +299,9 @@ def write_model_card(
     name = Path(training_args.output_dir).absolute().name
     config = model.config
     if user_data is None:
-        data = describe_synthetic_data(task, min_length, max_length, training_args.seed, model, metrics)
+        data = describe_synthetic_data(
+            task, min_length, max_length, longer_max_length, training_args.seed, model, metrics
+        )
     else:
         data = describe_user_data(user_data, tokenizer_description, model, metrics)
     measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
@@ -361,7 +395,12 @@ def write_model_card(
                 f"| {label} | {metrics.get(f'{split}_samples', '-')} | "
                 + " | ".join(figure(split, key) for key in measured)
                 + " |"
-                for split, label in (("test", "test (held out)"), ("eval", "validation"))
+                for split, label in (
+                    ("test", "test (held out)"),
+                    ("eval", "validation"),
+                    ("longer_test", f"longer inputs, {(max_length or 0) + 1}-{longer_max_length} (held out)"),
+                )
+                if f"{split}_samples" in metrics
             ),
         ]
     )
