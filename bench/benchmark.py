@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""TinyTransformer against transformers' BART at the same size: training, generation, memory, convergence.
+"""TinyTransformer against transformers' BART at the same size: training and generation speed, memory.
 
     python bench/benchmark.py --quick                                    # a few minutes: small size, few repeats
     python bench/benchmark.py --output bench/results/cpu-fp32.json       # the full table (~10 min on 2 quiet CPU cores)
@@ -16,7 +16,6 @@ The script prints and writes JSON; it never asserts a target (see bench/README.m
 import argparse
 import datetime
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -28,12 +27,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from timing import alternate
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
 from transformers.utils import is_flash_attn_2_available
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer_train.metrics import sequence_metrics
+
+from timing import alternate
 
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of these benchmark models
 FIRST_ORDINARY_ID = 5  # random inputs draw ids from [5, vocab_size): no special token, no "+"
@@ -162,7 +161,9 @@ def matmul_peak_flops(device: Device, quick: bool) -> dict:
     n = 8192 if device.type == "cuda" else (1024 if quick else 2048)
     a = torch.randn(n, n, device=device.type, dtype=device.dtype)
     b = torch.randn(n, n, device=device.type, dtype=device.dtype)
-    seconds = alternate({"matmul": lambda: torch.matmul(a, b)}, 5 if quick else 9, lambda: synchronize(device))["matmul"]
+    seconds = alternate({"matmul": lambda: torch.matmul(a, b)}, 5 if quick else 9, lambda: synchronize(device))[
+        "matmul"
+    ]
     return {"n": n, "dtype": str(device.dtype), "flops_per_s": 2 * n**3 / statistics.median(seconds)}
 
 
@@ -363,197 +364,16 @@ def benchmark_memory(workloads: list[dict], device: Device, threads: int) -> lis
     return results
 
 
-# ---------------------------------------------------------------------------------------------------- convergence
-def load_default_task(test_size: int):
-    """The default task of train/train.py, its data (train/data.py) and its hyper-parameters."""
-    import datasets
-
-    from hf_tiny_transformer_train import train as train_script
-    from hf_tiny_transformer_train.data import build_corpus, build_tokenizer, target_length, tokenize_corpus
-
-    datasets.disable_progress_bars()
-
-    task = train_script.DEFAULT_TASK
-    hyper = {**train_script.COMMON_DEFAULTS, **train_script.TASK_DEFAULTS[task]}
-    tokenizer = build_tokenizer()
-    corpus = build_corpus(
-        task,
-        seed=42,  # Seq2SeqTrainingArguments' default seed, which train.py passes to build_corpus
-        train_size=hyper["train_size"],
-        validation_size=1,
-        test_size=test_size,
-        min_length=hyper["min_length"],
-        max_length=hyper["max_length"],
-    )
-    tokenized = tokenize_corpus(corpus, tokenizer)
-    longest_target = target_length(task, hyper["max_length"]) + 1  # + </s>
-    return task, hyper, tokenizer, tokenized, longest_target
-
-
-def pad_batch(rows: list[list[int]], pad: int, device: Device) -> torch.Tensor:
-    longest = max(map(len, rows))
-    return torch.tensor([row + [pad] * (longest - len(row)) for row in rows], device=device.type)
-
-
-def exact_match(
-    model, test_inputs: list[list[int]], test_labels: list[list[int]], device: Device, max_new_tokens: int,
-    batch_size: int,
-) -> float:
-    """Share of test examples whose greedy output, up to and including the first </s>, equals the target (the
-    `exact_match` of train/train.py, computed by the same function)."""
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        decoder_start_token_id=BOS,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    model.eval()
-    generations = []
-    with torch.inference_mode(), device.autocast:
-        for start in range(0, len(test_inputs), batch_size):
-            input_ids = pad_batch(test_inputs[start : start + batch_size], PAD, device)
-            attention_mask = (input_ids != PAD).long()
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-            generations += output.cpu().tolist()
-    model.train()
-    return sequence_metrics(generations, test_labels, PAD, EOS)["exact_match"]
-
-
-def benchmark_convergence(device: Device, quick: bool, seeds: list[int]) -> dict:
-    """Time and steps to 99% test exact match of both models on the default task, once per seed (model
-    initialisation and batch order; the data set stays train.py's), and their medians over the seeds."""
-    test_size = 300 if quick else 1000
-    task_data = load_default_task(test_size)
-    return summarize_convergence([converge_once(device, quick, task_data, seed) for seed in seeds])
-
-
-def summarize_convergence(runs: list[dict]) -> dict:
-    """Medians over the seeds of each model's time and steps to 99%, a seed that never got there counting as
-    infinitely slow (so a median is reported when more than half of the seeds got there)."""
-    result = {key: runs[0][key] for key in ("task", "test_examples", "max_steps", "eval_every", "hyperparameters")}
-    result["seeds"] = [run["seed"] for run in runs]
-    result["runs"] = runs
-    for name in MODEL_NAMES:
-        reached = [run[name]["reached_99"] for run in runs]
-        best = max(point["exact_match"] for run in runs for point in run[name]["curve"])
-        result[name] = {"best_exact_match": best, "seeds_reached": sum(point is not None for point in reached)}
-        medians = {
-            field: statistics.median(math.inf if point is None else point[field] for point in reached)
-            for field in ("step", "train_s")
-        }
-        result[name]["reached_99"] = None if math.isinf(medians["train_s"]) else medians
-    return result
-
-
-def converge_once(device: Device, quick: bool, task_data: tuple, seed: int) -> dict:
-    """Train both models with the same batches and hyper-parameters; evaluate test exact match every `eval_every`
-    steps; report training time (evaluation excluded) and steps to the first evaluation >= 99%."""
-    task, hyper, tokenizer, tokenized, longest_target = task_data
-    test_size = len(tokenized["test"])
-    max_steps = 150 if quick else hyper["max_steps"]
-    eval_every = 50 if quick else 100
-    batch_size = hyper["per_device_train_batch_size"]
-    size = Size(
-        "default-task",
-        d_model=hyper["d_model"],
-        layers=hyper["encoder_layers"],
-        heads=hyper["num_attention_heads"],
-        ffn_dim=hyper["ffn_dim"],
-        vocab_size=len(tokenizer),
-        dropout=hyper["dropout"],
-    )
-    # Ours as train.py builds a new model for the task (its position embeddings included).
-    models = build_models(size, device, seed=seed, position_embedding_type=hyper["position_embedding_type"])
-    train_split, test_split = tokenized["train"], tokenized["test"]
-    # The same shuffled batches for both models: one permutation of the training set per epoch.
-    generator = torch.Generator().manual_seed(seed)
-    epochs = math.ceil(max_steps * batch_size / len(train_split))
-    order = torch.cat([torch.randperm(len(train_split), generator=generator) for _ in range(epochs)]).tolist()
-    train_inputs, train_labels = train_split["input_ids"], train_split["labels"]
-    test_inputs, test_labels = test_split["input_ids"], test_split["labels"]
-
-    def batch_at(step: int) -> dict:
-        rows = order[step * batch_size : (step + 1) * batch_size]
-        input_ids = pad_batch([train_inputs[i] for i in rows], PAD, device)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": (input_ids != PAD).long(),
-            "labels": pad_batch([train_labels[i] for i in rows], -100, device),
-        }
-
-    state = {}
-    for name, model in models.items():
-        model.train()
-        # Untimed forwards and backwards (no optimizer step, so no change to the weights) over batches of varied
-        # shapes take first-call costs (the allocator's growth, lazy initialisation) out of the first timed chunk,
-        # which the model timed first would otherwise pay (the two share this process's allocator).
-        for step in range(10):
-            with device.autocast:
-                model(**batch_at(step)).loss.backward()
-        model.zero_grad(set_to_none=True)
-        optimizer = make_optimizer(model, hyper["learning_rate"], hyper["weight_decay"])
-        scheduler = transformers.get_scheduler(
-            hyper["lr_scheduler_type"], optimizer, num_warmup_steps=hyper["warmup_steps"], num_training_steps=max_steps
-        )
-        state[name] = {
-            "optimizer": optimizer, "scheduler": scheduler, "train_s": 0.0, "eval_s": 0.0, "curve": [], "reached": None
-        }
-    for start in range(0, max_steps, eval_every):
-        names = list(MODEL_NAMES) if (start // eval_every) % 2 == 0 else list(MODEL_NAMES)[::-1]
-        for name in names:
-            model, run = models[name], state[name]
-            if run["reached"] is not None:
-                continue
-            synchronize(device)
-            begin = time.perf_counter()
-            for step in range(start, min(start + eval_every, max_steps)):
-                with device.autocast:
-                    loss = model(**batch_at(step)).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the Trainer's default max_grad_norm
-                run["optimizer"].step()
-                run["scheduler"].step()
-                run["optimizer"].zero_grad(set_to_none=True)
-            synchronize(device)
-            run["train_s"] += time.perf_counter() - begin
-            begin = time.perf_counter()
-            eval_batch_size = hyper["per_device_eval_batch_size"]
-            score = exact_match(model, test_inputs, test_labels, device, longest_target, eval_batch_size)
-            run["eval_s"] += time.perf_counter() - begin
-            steps_done = min(start + eval_every, max_steps)
-            run["curve"].append({"step": steps_done, "train_s": run["train_s"], "exact_match": score})
-            if score >= 0.99:
-                run["reached"] = {"step": steps_done, "train_s": run["train_s"]}
-    reported_hyperparameters = (
-        "learning_rate", "warmup_steps", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
-        "d_model", "encoder_layers", "num_attention_heads", "ffn_dim", "dropout", "min_length", "max_length",
-    )
-    result = {
-        "task": task,
-        "seed": seed,
-        "test_examples": test_size,
-        "max_steps": max_steps,
-        "eval_every": eval_every,
-        "hyperparameters": {name: hyper[name] for name in reported_hyperparameters},
-    }
-    for name in MODEL_NAMES:
-        result[name] = {
-            "reached_99": state[name]["reached"],
-            "curve": state[name]["curve"],
-            "eval_s": state[name]["eval_s"],
-            "parameters": count_parameters(models[name]),
-        }
-    return result
-
-
 # ------------------------------------------------------------------------------------------------------ reporting
 def machine_description() -> dict:
-    description = {"platform": platform.platform(), "python": platform.python_version(),
-                   "torch": torch.__version__, "transformers": transformers.__version__,
-                   "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    description = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             names = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
@@ -575,18 +395,36 @@ def format_table(report: dict) -> str:
         ratio = counts["ours"] / counts["bart"]
         add(f"parameters, {size}", f"{counts['ours']:,}", f"{counts['bart']:,}", f"{ratio:.3f}", "within 5%")
     for result in report.get("training", []):
-        add(f"training tokens/s, {result['size']} (b32, 64+64)", f"{result['ours']['tokens_per_s']:,.0f}",
-            f"{result['bart']['tokens_per_s']:,.0f}", f"{result['speedup']:.2f}x", ">= 1.25x")
-        add(f"training MFU, {result['size']}", f"{result['ours']['mfu']:.1%}", f"{result['bart']['mfu']:.1%}",
-            f"{result['ours']['mfu'] / result['bart']['mfu']:.2f}x")
+        add(
+            f"training tokens/s, {result['size']} (b32, 64+64)",
+            f"{result['ours']['tokens_per_s']:,.0f}",
+            f"{result['bart']['tokens_per_s']:,.0f}",
+            f"{result['speedup']:.2f}x",
+            ">= 1.25x",
+        )
+        add(
+            f"training MFU, {result['size']}",
+            f"{result['ours']['mfu']:.1%}",
+            f"{result['bart']['mfu']:.1%}",
+            f"{result['ours']['mfu'] / result['bart']['mfu']:.2f}x",
+        )
     for result in report.get("generation", []):
         kind = "greedy" if result["num_beams"] == 1 else f"{result['num_beams']}-beam"
-        add(f"generation tokens/s, {result['size']}, {kind}, batch {result['batch']}",
-            f"{result['ours']['tokens_per_s']:,.0f}", f"{result['bart']['tokens_per_s']:,.0f}",
-            f"{result['speedup']:.2f}x", ">= 1.25x" if kind == "greedy" else "")
+        add(
+            f"generation tokens/s, {result['size']}, {kind}, batch {result['batch']}",
+            f"{result['ours']['tokens_per_s']:,.0f}",
+            f"{result['bart']['tokens_per_s']:,.0f}",
+            f"{result['speedup']:.2f}x",
+            ">= 1.25x" if kind == "greedy" else "",
+        )
     for result in report.get("per_token", []):
-        add(f"per-token time 256 / 32 tokens, {result['size']}, batch {result['batch']}",
-            f"{result['ours']['ratio_256_to_32']:.2f}", f"{result['bart']['ratio_256_to_32']:.2f}", "", "<= 1.5 (ours)")
+        add(
+            f"per-token time 256 / 32 tokens, {result['size']}, batch {result['batch']}",
+            f"{result['ours']['ratio_256_to_32']:.2f}",
+            f"{result['bart']['ratio_256_to_32']:.2f}",
+            "",
+            "<= 1.5 (ours)",
+        )
         milliseconds = {
             name: f"{result[name]['s_per_token_32'] * 1e3:.2f} / {result[name]['s_per_token_256'] * 1e3:.2f}"
             for name in MODEL_NAMES
@@ -599,30 +437,22 @@ def format_table(report: dict) -> str:
             what = f"peak memory, generation {result['size']} b{result['batch']} beams {result['num_beams']}"
         key = "peak_cuda_bytes" if "peak_cuda_bytes" in result["ours"] else "peak_rss_delta_bytes"
         unit = "CUDA" if key == "peak_cuda_bytes" else "RSS over baseline"
-        add(f"{what} ({unit}), MiB", f"{result['ours'][key] / 2**20:,.0f}", f"{result['bart'][key] / 2**20:,.0f}",
-            f"{result['ratio']:.2f}x", "<= 1.00x" if result["workload"] == "train" else "")
-    convergence = report.get("convergence")
-    if convergence:
-        reached = {name: convergence[name]["reached_99"] for name in MODEL_NAMES}
-
-        def describe(name):
-            if reached[name] is None:
-                best = convergence[name]["best_exact_match"]
-                return f"not in {convergence['max_steps']} steps (best {best:.1%})"
-            seeds = f" ({convergence[name]['seeds_reached']}/{len(convergence['seeds'])} seeds)"
-            return f"{reached[name]['train_s']:.0f} s / {reached[name]['step']:.0f} steps{seeds}"
-
-        ratio = ""
-        if all(reached.values()):
-            ratio = f"{reached['ours']['train_s'] / reached['bart']['train_s']:.2f}x time"
-        seeds = len(convergence["seeds"])
-        what = f"time/steps to 99% test exact match ({convergence['task']}, median of {seeds} seeds)"
-        add(what, describe("ours"), describe("bart"), ratio, "<= 1.00x time")
+        add(
+            f"{what} ({unit}), MiB",
+            f"{result['ours'][key] / 2**20:,.0f}",
+            f"{result['bart'][key] / 2**20:,.0f}",
+            f"{result['ratio']:.2f}x",
+            "<= 1.00x" if result["workload"] == "train" else "",
+        )
     widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
     lines = []
     for index, row in enumerate(rows):
-        lines.append("  ".join(str(cell).ljust(width) if column == 0 else str(cell).rjust(width)
-                               for column, (cell, width) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(
+                str(cell).ljust(width) if column == 0 else str(cell).rjust(width)
+                for column, (cell, width) in enumerate(zip(row, widths))
+            )
+        )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
@@ -630,7 +460,7 @@ def format_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small size only, few repeats, short convergence run")
+    parser.add_argument("--quick", action="store_true", help="small size only, few repeats")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, one repeat: checks that the script runs")
     parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
@@ -641,14 +471,15 @@ def main(argv: list[str] | None = None) -> dict:
         help="attention of both models (default: flash_attention_2 on CUDA where flash_attn is installed, else sdpa)",
     )
     parser.add_argument(
-        "--sections", default="training,generation,memory,convergence",
-        help="comma-separated subset of: training, generation, memory, convergence",
+        "--sections",
+        default="training,generation,memory",
+        help="comma-separated subset of: training, generation, memory",
     )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
-    unknown = sections - {"training", "generation", "memory", "convergence"}
+    unknown = sections - {"training", "generation", "memory"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     transformers.logging.set_verbosity_error()
@@ -698,9 +529,6 @@ def main(argv: list[str] | None = None) -> dict:
         workloads = [{"workload": "train", "size": size.name} for size in sizes]
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
-    if "convergence" in sections and not args.smoke:
-        progress("time to 99% exact match on the default task")
-        report["convergence"] = benchmark_convergence(device, quick, seeds=[42] if quick else [42, 43, 44])
     report["load_average_end"] = os.getloadavg()
     report["wall_s"] = time.perf_counter() - started
     table = format_table(report)

@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 import transformers
 from benchmark import machine_description, make_optimizer
-from timing import alternate
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+
+from timing import alternate
 
 FIRST_ORDINARY_ID = 5  # random ids from [5, vocab_size): no special token
 

@@ -20,12 +20,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import transformers
-from timing import alternate
 from transformers import GenerationConfig, GenerationMixin
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.fast_paths_tiny_transformer import TinyTransformerProjection
+
+from timing import alternate
 
 SMALL = dict(vocab_size=128, d_model=128, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=512)
 SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32)

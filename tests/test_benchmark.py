@@ -38,10 +38,26 @@ def test_speed_benchmark_reports_every_measurement(tmp_path):
         assert row in printed
 
 
-def test_kernel_comparisons_run():
-    printed = run_script("design_kernels.py", "--repeats", "1")
-    for what in ("projection 32 x 512 -> 1536", "dropout forward + backward", "cache append, batch 32"):
+def test_speed_path_comparisons_run():
+    printed = run_script("speed_paths.py", "--smoke", "--repeats", "1")
+    for what in (
+        "CPU dropout: training step",
+        "in-place cache: greedy, b2",
+        "lean step inputs",
+        "[in, out] projections",
+    ):
         assert what in printed
+
+
+@pytest.mark.slow
+def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisation(tmp_path):
+    output = tmp_path / "length.json"
+    printed = run_script("learning.py", "length", "--smoke", "--tasks", "copy", "--seeds", "1", "--output", str(output))
+    report = json.loads(output.read_text())["length"]["copy"]
+    assert set(report) == {"ours, sinusoidal", "ours, learned", "ours, relative", "BART (learned)"}
+    for result in report.values():
+        assert set(result["exact_match"]) == {"1-25", "26-50", "51-100"}
+    assert "copy, ours, relative" in printed
 
 
 @pytest.mark.slow

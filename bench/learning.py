@@ -1,0 +1,447 @@
+#!/usr/bin/env python
+"""How fast and how far TinyTransformer learns the built-in tasks, and transformers' BART beside it.
+
+    python bench/learning.py commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
+    python bench/learning.py ablation   # the default task with each part of the recipe undone, one at a time
+    python bench/learning.py bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
+    python bench/learning.py length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
+
+`commands` and `ablation` time the whole command a user runs, in a fresh process with a fresh datasets cache (so the
+corpus is built as on a new machine), and read its test exact match from the output folder. `bart` and `length`
+train in this process with train.py's recipe for the task (its defaults: learning rate, schedule, warm-up, batch
+size, batches grouped by length, gradient clipping, stop at the validation target), ours and BART on the same batches,
+alternating every evaluation interval so that machine noise hits both. Figures are medians over the seeds; a seed
+that never reaches the target counts as infinitely slow. The script prints tables and writes JSON; it never asserts.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer_train import train as train_script
+from hf_tiny_transformer_train.data import build_corpus, build_tokenizer, target_length, tokenize_corpus
+from hf_tiny_transformer_train.metrics import sequence_metrics
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
+TASKS = ("copy", "reverse", "sort")
+MODEL_NAMES = ("ours", "bart")
+
+
+def table(rows: list[tuple]) -> str:
+    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = (str(cell).ljust(width) if column == 0 else str(cell).rjust(width) for column, (cell, width) in
+                 enumerate(zip(row, widths)))  # fmt: skip
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def median_or_never(values: list[float | None]) -> float | None:
+    """The median, a None (never reached) counting as infinite; None if that median is infinite."""
+    median = statistics.median(math.inf if value is None else value for value in values)
+    return None if math.isinf(median) else median
+
+
+# ---------------------------------------------------------------------------------------- whole commands (train.py)
+def run_command(flags: list[str], seed: int) -> dict:
+    """`python train/train.py FLAGS --seed SEED` in a fresh process, caches and output folder; its wall time and
+    the figures it wrote."""
+    with tempfile.TemporaryDirectory(prefix="learning-") as scratch:
+        scratch = Path(scratch)
+        environment = {**os.environ, "HF_HOME": str(scratch / "hf"), "HF_DATASETS_CACHE": str(scratch / "datasets"),
+                       "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        command = [sys.executable, str(TRAIN_SCRIPT), *flags, "--seed", str(seed), "--output_dir", str(scratch / "out"),
+                   "--disable_tqdm", "true"]  # fmt: skip
+        start = time.perf_counter()
+        completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        if completed.returncode != 0:
+            return {"flags": flags, "seed": seed, "wall_s": wall, "error": completed.stderr[-2000:]}
+        results = json.loads((scratch / "out" / "all_results.json").read_text())
+        state = json.loads((scratch / "out" / "trainer_state.json").read_text())
+    return {
+        "flags": flags,
+        "seed": seed,
+        "wall_s": wall,
+        "train_s": results.get("train_runtime"),
+        "steps": state["global_step"],
+        "test_exact_match": results.get("test_exact_match"),
+        "longer_test_exact_match": results.get("longer_test_exact_match"),
+    }
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    finished = [run for run in runs if "error" not in run]
+    summary = {"runs": runs, "failed": len(runs) - len(finished)}
+    if finished:
+        walls = [run["wall_s"] for run in finished]
+        summary.update(
+            wall_s=statistics.median(walls),
+            wall_min_s=min(walls),
+            wall_max_s=max(walls),
+            steps=statistics.median(run["steps"] for run in finished),
+            worst_test_exact_match=min(run["test_exact_match"] for run in finished),
+            seeds_at_99=sum(run["test_exact_match"] >= 0.99 for run in finished),
+        )
+    return summary
+
+
+def describe_summary(summary: dict) -> tuple[str, str, str, str]:
+    if "wall_s" not in summary:
+        return "failed", "", "", ""
+    return (
+        f"{summary['wall_s']:.0f} s ({summary['wall_min_s']:.0f}-{summary['wall_max_s']:.0f})",
+        f"{summary['steps']:.0f}",
+        f"{summary['worst_test_exact_match']:.2%}",
+        f"{summary['seeds_at_99']}/{len(summary['runs'])}",
+    )
+
+
+def benchmark_commands(tasks: list[str], seeds: list[int]) -> dict:
+    report = {task: summarize_runs([run_command(["--task", task], seed) for seed in seeds]) for task in tasks}
+    rows = [("command", "wall time, median (min-max)", "steps", "lowest test exact match", "seeds >= 99%")]
+    for task, summary in report.items():
+        rows.append((f"python train/train.py --task {task}", *describe_summary(summary)))
+    print(table(rows))
+    return report
+
+
+def ablation_variants() -> dict[str, list[str]]:
+    """The recipe, each of its changes undone on its own, each rejected alternative tried on its own, and the recipe
+    before this round as a whole (learned positions, batch 64, rate 1e-3, 1,500 steps, evaluations every 250)."""
+    return {
+        "the recipe (train.py's defaults)": [],
+        "learned positions instead of relative (1,500 steps at most)": [
+            "--position_embedding_type", "learned", "--max_steps", "1500",
+        ],
+        "batches of 64 instead of 32": ["--per_device_train_batch_size", "64"],
+        "learning rate 1e-3 instead of 2e-3": ["--learning_rate", "1e-3"],
+        "no stop at the target: 1,500 steps": ["--target_exact_match", "0", "--max_steps", "1500"],
+        "evaluation every 250 steps instead of 100": ["--eval_steps", "250", "--save_steps", "250"],
+        "tried: batches grouped by length (the Trainer's group_by_length)": [
+            "--train_sampling_strategy", "group_by_length",
+        ],
+        "before this round: learned, b64, 1e-3, 1,500 steps, no stop, eval 250": [
+            "--position_embedding_type", "learned", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
+            "--max_steps", "1500", "--target_exact_match", "0", "--eval_steps", "250", "--save_steps", "250",
+        ],
+    }  # fmt: skip
+
+
+def benchmark_ablation(task: str, seeds: list[int]) -> dict:
+    report = {}
+    for name, flags in ablation_variants().items():
+        report[name] = summarize_runs([run_command(["--task", task, *flags], seed) for seed in seeds])
+    baseline = report["the recipe (train.py's defaults)"].get("wall_s")
+    rows = [(f"{task}, length {train_script.COMMON_DEFAULTS['max_length']}", "wall time, median (min-max)", "steps",
+             "lowest test exact match", "seeds >= 99%", "time / recipe's")]  # fmt: skip
+    for name, summary in report.items():
+        ratio = f"{summary['wall_s'] / baseline:.2f}x" if baseline and "wall_s" in summary else ""
+        rows.append((name, *describe_summary(summary), ratio))
+    print(table(rows))
+    return report
+
+
+# ----------------------------------------------------------------------------------- training in this process
+@dataclass
+class Recipe:
+    """train.py's defaults for a task (COMMON_DEFAULTS updated by TASK_DEFAULTS)."""
+
+    task: str
+    hyper: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_task(cls, task: str, **overrides) -> "Recipe":
+        defaults = {"max_grad_norm": 1.0}  # the Trainer's, which train.py keeps
+        return cls(task, {**defaults, **train_script.COMMON_DEFAULTS, **train_script.TASK_DEFAULTS[task], **overrides})
+
+    def __getattr__(self, name):
+        try:
+            return self.hyper[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def build_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
+    """Ours (with the recipe's positions unless given) or BART, of the recipe's size, tied embeddings, GELU."""
+    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    torch.manual_seed(seed)
+    if name == "bart":
+        config = BartConfig(
+            vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
+            decoder_layers=recipe.decoder_layers, encoder_attention_heads=recipe.num_attention_heads,
+            decoder_attention_heads=recipe.num_attention_heads, encoder_ffn_dim=recipe.ffn_dim,
+            decoder_ffn_dim=recipe.ffn_dim, max_position_embeddings=recipe.max_position_embeddings,
+            dropout=recipe.dropout, attention_dropout=0.0, activation_dropout=0.0, activation_function="gelu",
+            forced_eos_token_id=None, **special,
+        )  # fmt: skip
+        return BartForConditionalGeneration(config)
+    config = TinyTransformerConfig(
+        vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
+        decoder_layers=recipe.decoder_layers, num_attention_heads=recipe.num_attention_heads, ffn_dim=recipe.ffn_dim,
+        max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout, activation_function="gelu",
+        position_embedding_type=position_embedding_type or recipe.position_embedding_type, **special,
+    )  # fmt: skip
+    return TinyTransformerForConditionalGeneration(config)
+
+
+def make_optimizer(model, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW as the Trainer builds it (no decay on biases and norms)."""
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def pad_batch(rows: list[list[int]], pad: int) -> torch.Tensor:
+    longest = max(map(len, rows))
+    return torch.tensor([row + [pad] * (longest - len(row)) for row in rows])
+
+
+def exact_match(model, split, max_new_tokens: int, batch_size: int) -> float:
+    """Greedy test exact match, as train.py computes it (`sequence_metrics`), batches grouped by length."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, decoder_start_token_id=1,
+                              bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    inputs, labels = split["input_ids"], split["labels"]
+    order = sorted(range(len(inputs)), key=lambda index: len(inputs[index]))
+    model.eval()
+    generations, references = [], []
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids = pad_batch([inputs[i] for i in rows], 0)
+            output = model.generate(
+                input_ids=input_ids, attention_mask=(input_ids != 0).long(), generation_config=config
+            )
+            generations += output.tolist()
+            references += [labels[i] for i in rows]
+    model.train()
+    return sequence_metrics(generations, references, 0, 2)["exact_match"]
+
+
+def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s: float, target: float) -> dict:
+    """Train each model with the recipe on the same batches until its validation exact match reaches `target`
+    (checked every `eval_steps`), `max_steps` pass or its training time exceeds `budget_s`; models alternate every
+    interval. Returns, per model, the curve and the training time and steps at the target."""
+    train_split = splits["train"]
+    inputs, labels = train_split["input_ids"], train_split["labels"]
+    generator = torch.Generator().manual_seed(seed)
+    sampler = LengthGroupedSampler(recipe.per_device_train_batch_size, lengths=list(map(len, inputs)),
+                                   generator=generator)  # fmt: skip
+    order = [index for _ in range(math.ceil(recipe.max_steps * recipe.per_device_train_batch_size / len(inputs)))
+             for index in sampler]  # fmt: skip
+    batch_size, longest = recipe.per_device_train_batch_size, target_length(recipe.task, recipe.max_length) + 1
+
+    def batch_at(step: int) -> dict:
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        input_ids = pad_batch([inputs[i] for i in rows], 0)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
+                "labels": pad_batch([labels[i] for i in rows], -100)}  # fmt: skip
+
+    state = {}
+    for name, model in models.items():
+        model.train()
+        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay)
+        warmup = recipe.warmup_steps if recipe.warmup_steps >= 1 else math.ceil(recipe.warmup_steps * recipe.max_steps)
+        scheduler = transformers.get_scheduler(recipe.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                                               num_training_steps=recipe.max_steps)  # fmt: skip
+        state[name] = {"optimizer": optimizer, "scheduler": scheduler, "train_s": 0.0, "eval_s": 0.0, "curve": [],
+                       "reached": None, "stopped": False}  # fmt: skip
+    interval = recipe.eval_steps
+    for start in range(0, recipe.max_steps, interval):
+        names = list(models) if (start // interval) % 2 == 0 else list(models)[::-1]
+        for name in names:
+            model, run = models[name], state[name]
+            if run["stopped"]:
+                continue
+            begin = time.perf_counter()
+            for step in range(start, min(start + interval, recipe.max_steps)):
+                model(**batch_at(step)).loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                run["optimizer"].step()
+                run["scheduler"].step()
+                run["optimizer"].zero_grad(set_to_none=True)
+            run["train_s"] += time.perf_counter() - begin
+            begin = time.perf_counter()
+            score = exact_match(model, splits["validation"], longest, recipe.per_device_eval_batch_size)
+            run["eval_s"] += time.perf_counter() - begin
+            steps = min(start + interval, recipe.max_steps)
+            run["curve"].append({"step": steps, "train_s": run["train_s"], "validation_exact_match": score})
+            if score >= target and run["reached"] is None:
+                run["reached"] = {"step": steps, "train_s": run["train_s"]}
+            run["stopped"] = run["reached"] is not None or run["train_s"] > budget_s
+        if all(run["stopped"] for run in state.values()):
+            break
+    return {name: {key: run[key] for key in ("curve", "reached", "train_s", "eval_s")} for name, run in state.items()}
+
+
+def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = ()):
+    """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths."""
+    tokenizer = build_tokenizer()
+    corpus = build_corpus(recipe.task, seed=seed, train_size=recipe.train_size, validation_size=recipe.validation_size,
+                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length)  # fmt: skip
+    splits = dict(tokenize_corpus(corpus, tokenizer))
+    for shortest, longest in longer:
+        extra = build_corpus(recipe.task, seed=seed, train_size=1, validation_size=1, test_size=test_size,
+                             min_length=shortest, max_length=longest)  # fmt: skip
+        splits[f"{shortest}-{longest}"] = tokenize_corpus(extra, tokenizer)["test"]
+    return len(tokenizer), splits
+
+
+def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_size: int) -> dict:
+    """Ours and BART on the length-50 tasks with train.py's recipe: time to the validation target, and the test
+    exact match reached (or the best within the budget)."""
+    report = {}
+    for task in tasks:
+        recipe = Recipe.for_task(task)
+        runs = []
+        for seed in seeds:
+            vocab_size, splits = task_splits(recipe, seed, test_size)
+            models = {name: build_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
+            result = train_side_by_side(models, recipe, splits, seed, budget_s, recipe.target_exact_match)
+            longest = target_length(task, recipe.max_length) + 1
+            for name, model in models.items():
+                result[name]["test_exact_match"] = exact_match(model, splits["test"], longest, 250)
+                result[name]["best_validation"] = max(p["validation_exact_match"] for p in result[name]["curve"])
+            runs.append({"seed": seed, **result})
+            print(
+                f"  {task} seed {seed}: "
+                + ", ".join(f"{name} {describe_reached(result[name])}" for name in MODEL_NAMES),
+                file=sys.stderr,
+                flush=True,
+            )
+        report[task] = {"runs": runs, "recipe": {key: str(value) for key, value in recipe.hyper.items()}}
+        for name in MODEL_NAMES:
+            report[task][name] = {
+                "train_s": median_or_never([run[name]["reached"] and run[name]["reached"]["train_s"] for run in runs]),
+                "steps": median_or_never([run[name]["reached"] and run[name]["reached"]["step"] for run in runs]),
+                "seeds_reached": sum(run[name]["reached"] is not None for run in runs),
+                "test_exact_match": statistics.median(run[name]["test_exact_match"] for run in runs),
+            }
+    rows = [("task (length 1-50, same recipe)", "ours: time / steps to target", "ours test EM",
+             "BART: time / steps to target", "BART test EM", "ours/BART time")]  # fmt: skip
+    for task, result in report.items():
+        cells = []
+        for name in MODEL_NAMES:
+            figures = result[name]
+            seeds = f" ({figures['seeds_reached']}/{len(seeds)} seeds)"
+            cells += [f"{figures['train_s']:.0f} s / {figures['steps']:.0f}{seeds}" if figures["train_s"] else
+                      f"not within {budget_s:.0f} s{seeds}", f"{figures['test_exact_match']:.1%}"]  # fmt: skip
+        ratio = result["ours"]["train_s"] / result["bart"]["train_s"] if result["bart"]["train_s"] else None
+        rows.append((task, *cells, f"{ratio:.2f}x" if ratio and result["ours"]["train_s"] else ""))
+    print(table(rows))
+    return report
+
+
+def describe_reached(run: dict) -> str:
+    if run["reached"]:
+        return f"target at step {run['reached']['step']} ({run['reached']['train_s']:.0f} s)"
+    return f"best validation {run['best_validation']:.1%} in {run['train_s']:.0f} s"
+
+
+LENGTH_RANGES = [(26, 50), (51, 100)]
+# --smoke: a model of a few thousand parameters, a few steps and examples; checks that the script runs.
+SMOKE = dict(d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32, train_size=300,
+             validation_size=10, max_steps=4, eval_steps=2)  # fmt: skip
+LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "ours, relative": "relative",
+                 "BART (learned)": None}  # fmt: skip
+
+
+def benchmark_length(tasks: list[str], seed: int, budget_s: float, test_size: int, smoke: bool = False) -> dict:
+    """Trained on 1-25 with each task's recipe (to the validation target, within the budget), tested on held-out
+    sources of 1-25, 26-50 and 51-100."""
+    report = {}
+    for task in tasks:
+        recipe = Recipe.for_task(task, max_length=25, max_position_embeddings=128, **(SMOKE if smoke else {}))
+        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES)
+        report[task] = {}
+        for label, scheme in LENGTH_MODELS.items():
+            name = "bart" if scheme is None else "ours"
+            model = build_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
+            result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
+            scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
+            for shortest, longest in LENGTH_RANGES:
+                scores[f"{shortest}-{longest}"] = exact_match(
+                    model, splits[f"{shortest}-{longest}"], target_length(task, longest) + 1, 100
+                )
+            report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
+            print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
+    rows = [("task, model (trained on 1-25)", "steps trained", "test 1-25", "26-50", "51-100")]
+    for task, models in report.items():
+        for label, result in models.items():
+            steps = result["reached"]["step"] if result["reached"] else "target not reached"
+            scores = result["exact_match"]
+            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ("1-25", "26-50", "51-100"))))
+    print(table(rows))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("section", choices=["commands", "ablation", "bart", "length"])
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks (default: all three)")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default 42,43,44)")
+    parser.add_argument(
+        "--budget", type=float, default=600.0, help="training seconds per model and seed (bart, length)"
+    )
+    parser.add_argument("--test_size", type=int, default=1000, help="test examples per length range (bart, length)")
+    parser.add_argument("--output", type=Path, help="write the JSON report here")
+    parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
+    args = parser.parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    tasks = args.tasks.split(",")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    started = time.perf_counter()
+    report = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "section": args.section,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_start": os.getloadavg(),
+    }
+    if args.section == "commands":
+        report["commands"] = benchmark_commands(tasks, seeds)
+    elif args.section == "ablation":
+        report["ablation"] = benchmark_ablation(train_script.DEFAULT_TASK, seeds)
+    elif args.section == "bart":
+        report["bart"] = benchmark_bart(tasks, seeds, args.budget, args.test_size)
+    else:
+        test_size = 10 if args.smoke else args.test_size
+        report["length"] = benchmark_length(tasks, seeds[0], args.budget, test_size, smoke=args.smoke)
+    report["load_average_end"] = os.getloadavg()
+    report["wall_s"] = time.perf_counter() - started
+    print(
+        f"{report['date']}  torch {torch.__version__}, transformers {transformers.__version__}; load average "
+        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {report['wall_s']:.0f} s"
+    )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
