@@ -127,9 +127,11 @@ def benchmark_commands(tasks: list[str], seeds: list[int]) -> dict:
 
 def ablation_variants() -> dict[str, list[str]]:
     """The recipe, each of its changes undone on its own, each rejected alternative tried on its own, and the recipe
-    before this round as a whole (learned positions, batch 64, rate 1e-3, 1,500 steps, evaluations every 250)."""
+    before this round as a whole (learned positions, batch 64, rate 1e-3, 1,500 steps, evaluations every 250, no
+    curriculum, no longer test)."""
     return {
         "the recipe (train.py's defaults)": [],
+        "no length curriculum: every batch of all lengths": ["--length_curriculum_steps", "0"],
         "learned positions instead of relative (1,500 steps at most)": [
             "--position_embedding_type", "learned", "--max_steps", "1500",
         ],
@@ -143,6 +145,7 @@ def ablation_variants() -> dict[str, list[str]]:
         "before this round: learned, b64, 1e-3, 1,500 steps, no stop, eval 250": [
             "--position_embedding_type", "learned", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
             "--max_steps", "1500", "--target_exact_match", "0", "--eval_steps", "250", "--save_steps", "250",
+            "--length_curriculum_steps", "0", "--longer_test_size", "0",
         ],
     }  # fmt: skip
 

@@ -146,3 +146,17 @@ def test_second_run_with_the_same_arguments_reuses_the_cache(tmp_path):
         line for line in first.stdout.splitlines() if line.startswith("FILES")
     ]
     assert arrow_files() == written  # nothing rewritten, nothing added
+
+
+def test_length_curriculum_caps_three_quarters_of_each_early_batch_and_then_draws_from_all():
+    lengths = [1 + index % 50 for index in range(5000)]  # 1-50, 100 examples each
+    order = data.length_curriculum(lengths, batch_size=32, num_steps=200, curriculum_steps=100, seed=0)
+    assert len(order) == 200 * 32
+    batches = [[lengths[index] for index in order[step * 32 : (step + 1) * 32]] for step in range(200)]
+    for step, batch in enumerate(batches[:100]):
+        cap = 1 + 49 * (step + 1) / 100
+        assert sum(length <= cap for length in batch) >= 24  # three quarters under the growing cap
+    assert max(batches[0][:24]) == 1 and max(max(batch) for batch in batches[:10]) > 10  # the rest: any length
+    late = [length for batch in batches[100:] for length in batch]
+    assert abs(sum(late) / len(late) - 25.5) < 1.5  # uniform over 1-50
+    assert order == data.length_curriculum(lengths, batch_size=32, num_steps=200, curriculum_steps=100, seed=0)

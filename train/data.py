@@ -221,3 +221,32 @@ def tokenize_corpus(
         load_from_cache_file=load_from_cache_file,
         desc="Tokenizing",
     )
+
+
+def length_curriculum(
+    lengths: list[int], batch_size: int, num_steps: int, curriculum_steps: int, seed: int, mix: float = 0.25
+) -> list[int]:
+    """The order in which to read `num_steps` batches of training examples (indices into `lengths`, which holds each
+    example's source length): a length curriculum mixed with all lengths, then uniform draws.
+
+    During the first `curriculum_steps` steps, a share 1 - `mix` of each batch is drawn among the examples no longer
+    than a cap that grows linearly from the shortest length to the longest, and the rest among all examples; the
+    model first learns the task where it is cheap and easy (short sequences) without forgetting what long ones look
+    like. Draws are with replacement (the synthetic corpus has far more examples than a run reads).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths)
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length]
+    shortest, longest = int(sorted_lengths[0]), int(sorted_lengths[-1])
+    capped = round(batch_size * (1 - mix))
+    order = []
+    for step in range(num_steps):
+        if step < curriculum_steps:
+            cap = shortest + (longest - shortest) * (step + 1) / curriculum_steps
+            eligible = int(np.searchsorted(sorted_lengths, cap, side="right"))
+            order += by_length[rng.integers(0, eligible, capped)].tolist()
+            order += rng.integers(0, len(lengths), batch_size - capped).tolist()
+        else:
+            order += rng.integers(0, len(lengths), batch_size).tolist()
+    return order
