@@ -117,3 +117,8 @@ def check_length(length: int, max_positions: int | None, name: str) -> None:
             "input, build a model with a longer position table, or use position_embedding_type='relative', which "
             "has no length limit."
         )
+
+
+def check_labels_shape(labels: torch.Tensor, expected: tuple[int, int]) -> None:
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"`labels` must have shape [batch, target_length] = {expected}, got {tuple(labels.shape)}.")

@@ -56,6 +56,7 @@ from .input_checks_tiny_transformer import (
     check_attention_mask,
     check_encoder_states,
     check_ids_or_embeddings,
+    check_labels_shape,
     check_length,
     check_token_ids,
 )
@@ -302,14 +303,9 @@ class TinyTransformerAttention(nn.Module):
             if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
                 # SDPA takes a float mask (a position bias, built in float32) only in the query's dtype (autocast).
                 attention_mask = attention_mask.to(query.dtype)
+        dropout = self.attention_dropout if self.training else 0.0
         output, weights = attention_function(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
+            self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling
         )
         # Recombine the heads: [batch, query, heads, head_dim] -> [batch, query, d], then W_o.
         output = self.out_proj(output.reshape(batch_size, query_length, -1))
@@ -576,13 +572,9 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
             cross_attention_mask = add_position_bias(cross_attention_mask, cross_bias, is_causal=False)
 
         for layer in self.layers:
+            # encoder_hidden_states positional, so that gradient checkpointing propagates its gradient.
             hidden_states = layer(
-                hidden_states,
-                self_attention_mask,
-                encoder_hidden_states,  # positional, so gradient checkpointing propagates its gradient
-                cross_attention_mask,
-                cache=cache,
-                **kwargs,
+                hidden_states, self_attention_mask, encoder_hidden_states, cross_attention_mask, cache=cache, **kwargs
             )
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
@@ -629,11 +621,7 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(
-                last_hidden_state=encoder_outputs[0],
-                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
-                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
-            )
+            encoder_outputs = BaseModelOutput(*encoder_outputs[:3])  # (last_hidden_state, hidden_states, attentions)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."
@@ -741,20 +729,12 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
 
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"`labels` must have shape [batch, target_length] = {tuple(logits.shape[:2])}, "
-                    f"got {tuple(labels.shape)}."
-                )
+            check_labels_shape(labels, tuple(logits.shape[:2]))
             # Cross-entropy from logits over the non-ignored tokens: a mean, or, when the Trainer counts the tokens
-            # of the whole accumulated batch, a sum over that count.
-            token_losses_sum = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100, reduction="sum"
-            )
-            if num_items_in_batch is None:
-                loss = token_losses_sum / (labels != -100).sum().clamp(min=1)
-            else:
-                loss = token_losses_sum / torch.as_tensor(num_items_in_batch, device=logits.device)
+            # of the whole accumulated batch, a sum over that count (so accumulation matches one large batch).
+            token_losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), reduction="none")
+            count = (labels != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            loss = token_losses.sum() / torch.as_tensor(count, device=logits.device)
 
         # Every field of the base model's output but its last hidden states, which the head turned into logits.
         fields = {name: value for name, value in outputs.items() if name != "last_hidden_state"}

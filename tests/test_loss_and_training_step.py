@@ -102,8 +102,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, ba
     for checkpointing in (False, True):
         model = make_model(dropout=0.0).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.is_gradient_checkpointing
+            # transformers 5.24 renamed gradient to activation checkpointing (the old names warn); 5.17 has the old.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                assert model.is_activation_checkpointing
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                assert model.is_gradient_checkpointing
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

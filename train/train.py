@@ -479,7 +479,7 @@ def drop_defaults_that_cannot_apply(
     if "--target_exact_match" not in given and not evaluates_generations(training_args):
         data_args.target_exact_match = None
     if "--length_curriculum_steps" not in given and training_args.max_steps < 1:
-        data_args.length_curriculum_steps = 0 if data_args.length_curriculum_steps is not None else None
+        data_args.length_curriculum_steps = 0
 
 
 def check_arguments(
