@@ -9,9 +9,11 @@
 `commands` and `ablation` time the whole command a user runs, in a fresh process with a fresh datasets cache (so the
 corpus is built as on a new machine), and read its test exact match from the output folder. `bart` and `length`
 train in this process with train.py's recipe for the task (its defaults: learning rate, schedule, warm-up, batch
-size, batches grouped by length, gradient clipping, stop at the validation target), ours and BART on the same batches,
-alternating every evaluation interval so that machine noise hits both. Figures are medians over the seeds; a seed
-that never reaches the target counts as infinitely slow. The script prints tables and writes JSON; it never asserts.
+size, length curriculum and then batches drawn from all lengths, gradient clipping, stop at the validation target),
+ours and BART on the same batches, alternating every evaluation interval so that machine noise hits both; `length`
+caps each model's training in steps (--max_steps), so that its table does not depend on the machine's speed.
+Figures are medians over the seeds; a seed that never reaches the target counts as infinitely slow. The script
+prints tables and writes JSON; it never asserts.
 """
 
 import argparse
@@ -31,11 +33,16 @@ import datasets
 import torch
 import transformers
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train import train as train_script
-from hf_tiny_transformer_train.data import build_corpus, build_tokenizer, target_length, tokenize_corpus
+from hf_tiny_transformer_train.data import (
+    build_corpus,
+    build_tokenizer,
+    length_curriculum,
+    target_length,
+    tokenize_corpus,
+)
 from hf_tiny_transformer_train.metrics import sequence_metrics
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
@@ -249,11 +256,11 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     interval. Returns, per model, the curve and the training time and steps at the target."""
     train_split = splits["train"]
     inputs, labels = train_split["input_ids"], train_split["labels"]
-    generator = torch.Generator().manual_seed(seed)
-    sampler = LengthGroupedSampler(recipe.per_device_train_batch_size, lengths=list(map(len, inputs)),
-                                   generator=generator)  # fmt: skip
-    order = [index for _ in range(math.ceil(recipe.max_steps * recipe.per_device_train_batch_size / len(inputs)))
-             for index in sampler]  # fmt: skip
+    # train.py's order of batches: its length curriculum for the first steps, then uniform draws from all lengths.
+    curriculum_steps = recipe.length_curriculum_steps or 0
+    curriculum_steps = round(curriculum_steps * recipe.max_steps) if curriculum_steps < 1 else int(curriculum_steps)
+    order = length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
+                              curriculum_steps, seed)  # fmt: skip
     batch_size, longest = recipe.per_device_train_batch_size, target_length(recipe.task, recipe.max_length) + 1
 
     def batch_at(step: int) -> dict:
@@ -371,12 +378,21 @@ LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "
                  "BART (learned)": None}  # fmt: skip
 
 
-def benchmark_length(tasks: list[str], seed: int, budget_s: float, test_size: int, smoke: bool = False) -> dict:
-    """Trained on 1-25 with each task's recipe (to the validation target, within the budget), tested on held-out
-    sources of 1-25, 26-50 and 51-100."""
+def benchmark_length(
+    tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, smoke: bool = False
+) -> dict:
+    """Trained on 1-25 with each task's recipe (to the validation target, at most `max_steps` steps: a budget in steps,
+    so that the figures do not depend on the machine's speed or load), tested on held-out sources of 1-25, 26-50 and
+    51-100."""
     report = {}
     for task in tasks:
-        recipe = Recipe.for_task(task, max_length=25, max_position_embeddings=128, **(SMOKE if smoke else {}))
+        overrides = {
+            "max_length": 25,
+            "max_position_embeddings": 128,
+            "max_steps": max_steps,
+            **(SMOKE if smoke else {}),
+        }
+        recipe = Recipe.for_task(task, **overrides)
         vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES)
         report[task] = {}
         for label, scheme in LENGTH_MODELS.items():
@@ -409,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--budget", type=float, default=600.0, help="training seconds per model and seed (bart, length)"
     )
     parser.add_argument("--test_size", type=int, default=1000, help="test examples per length range (bart, length)")
+    parser.add_argument("--max_steps", type=int, default=1000, help="training steps per model at most (length)")
     parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
     args = parser.parse_args(argv)
@@ -433,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["bart"] = benchmark_bart(tasks, seeds, args.budget, args.test_size)
     else:
         test_size = 10 if args.smoke else args.test_size
-        report["length"] = benchmark_length(tasks, seeds[0], args.budget, test_size, smoke=args.smoke)
+        report["length"] = benchmark_length(tasks, seeds[0], args.budget, test_size, args.max_steps, smoke=args.smoke)
     report["load_average_end"] = os.getloadavg()
     report["wall_s"] = time.perf_counter() - started
     print(

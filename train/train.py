@@ -162,15 +162,20 @@ TASK_DEFAULTS = {
     # 99% validation exact match); it stops at 99.5%, as 100% of the validation set takes a run twice as long.
     "sort": {"per_device_train_batch_size": 64, "target_exact_match": 0.995, "max_steps": 2000},
     # 1-10 digits per operand, written with leading zeros to 10 digits and the sum least significant digit first
-    # (data.py): a fixed layout, so there is no longer test.
+    # (data.py): a fixed layout, so there is no longer test. Learned (absolute) positions: each answer digit reads the
+    # two operand digits 11 positions apart, farther than the relative scheme's exact buckets reach (with relative
+    # positions, batches of 256 at 2e-3: 0% validation exact match after 1,200 steps; learned, 128 at 1e-3: 93.8% after
+    # 3,000).
     "add": {
         "max_length": 10,
         "longer_test_size": 0,
-        "per_device_train_batch_size": 256,
-        "learning_rate": 2e-3,
-        "max_steps": 4000,
-        "eval_steps": 200,
-        "save_steps": 200,
+        "length_curriculum_steps": 0,
+        "position_embedding_type": "learned",
+        "per_device_train_batch_size": 128,
+        "learning_rate": 1e-3,
+        "max_steps": 3000,
+        "eval_steps": 250,
+        "save_steps": 250,
     },
 }
 
