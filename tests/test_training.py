@@ -91,6 +91,20 @@ def test_flags_not_given_take_the_task_defaults_and_given_flags_win():
     assert data_args.max_length == 9
 
 
+def test_defaults_that_other_flags_rule_out_are_dropped_instead_of_failing():
+    # The default stop at the validation target needs evaluations; the default curriculum a step count and its own
+    # batch order. Given explicitly, the same combinations are errors (above).
+    _, data_args, _ = train.parse_arguments(["--eval_strategy", "no"])
+    assert data_args.target_exact_match is None
+    _, data_args, _ = train.parse_arguments(["--max_steps", "-1", "--num_train_epochs", "1"])
+    assert data_args.length_curriculum_steps == 0
+    _, data_args, training_args = train.parse_arguments(["--train_sampling_strategy", "group_by_length"])
+    assert data_args.length_curriculum_steps == 0 and training_args.train_sampling_strategy == "group_by_length"
+    _, data_args, _ = train.parse_arguments([])
+    assert data_args.length_curriculum_steps == train.COMMON_DEFAULTS["length_curriculum_steps"]
+    assert data_args.target_exact_match == train.COMMON_DEFAULTS["target_exact_match"]
+
+
 def test_no_arguments_select_the_default_task():
     _, data_args, training_args = train.parse_arguments([])
     assert data_args.task == train.DEFAULT_TASK
@@ -124,6 +138,12 @@ def test_no_arguments_select_the_default_task():
         (["--target_exact_match", "1.5"], "--target_exact_match must be a share in [0, 1]"),
         (["--target_exact_match", "0.9", "--eval_strategy", "no"], "--target_exact_match needs evaluations"),
         (["--longer_test_size", "-1"], "--longer_test_size must be at least 0"),
+        (["--length_curriculum_steps", "-1"], "--length_curriculum_steps must be at least 0"),
+        (["--length_curriculum_steps", "100", "--max_steps", "-1", "--num_train_epochs", "1"], "needs --max_steps"),
+        (
+            ["--length_curriculum_steps", "0.1", "--train_sampling_strategy", "group_by_length"],
+            "--length_curriculum_steps fixes the order of the batches",
+        ),
     ],
 )
 def test_nonsense_arguments_stop_with_one_clear_line(flags, message, capsys):

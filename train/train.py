@@ -478,12 +478,15 @@ def evaluates_generations(training_args: Seq2SeqTrainingArguments) -> bool:
 def drop_defaults_that_cannot_apply(
     data_args: DataArguments, training_args: Seq2SeqTrainingArguments, argv: list[str]
 ) -> None:
-    """A task's default stop at the validation target needs evaluations, and its curriculum a step count: where the
-    user's flags remove those, the defaults are dropped (the same flags given explicitly are errors)."""
+    """A task's default stop at the validation target needs evaluations, and its curriculum a step count and its own
+    batch order: where the user's flags remove those, the defaults are dropped (the same flags given explicitly are
+    errors)."""
     given = {arg.split("=")[0] for arg in argv}
     if "--target_exact_match" not in given and not evaluates_generations(training_args):
         data_args.target_exact_match = None
-    if "--length_curriculum_steps" not in given and training_args.max_steps < 1:
+    if "--length_curriculum_steps" not in given and (
+        training_args.max_steps < 1 or "--train_sampling_strategy" in given
+    ):
         data_args.length_curriculum_steps = 0
 
 
@@ -538,6 +541,12 @@ def check_arguments(
         raise ValueError(f"--length_curriculum_steps must be at least 0; got {data_args.length_curriculum_steps}")
     if data_args.length_curriculum_steps and training_args.max_steps < 1:
         raise ValueError("--length_curriculum_steps needs --max_steps (the curriculum orders that many batches)")
+    sampling = training_args.train_sampling_strategy
+    if data_args.length_curriculum_steps and sampling != "random":
+        raise ValueError(
+            f"--length_curriculum_steps fixes the order of the batches; it cannot be combined with "
+            f"--train_sampling_strategy {sampling} (pass --length_curriculum_steps 0 to use that sampler)"
+        )
     if data_args.longer_test_size < 0:
         raise ValueError(f"--longer_test_size must be at least 0 (0: no longer test); got {data_args.longer_test_size}")
 
