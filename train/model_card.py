@@ -385,7 +385,7 @@ def write_model_card(
         value = metrics.get(f"{split}_{key}")
         if value is None:
             return "not measured"
-        return f"{100 * value:.2f}%" if key in PERCENT_METRICS else f"{value:.1f}"
+        return f"{100 * value:.2f}%" if key in PERCENT_METRICS else f"{value:.2f}"
 
     table = "\n".join(
         [
