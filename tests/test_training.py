@@ -208,6 +208,8 @@ def test_training_stops_at_the_first_evaluation_that_reaches_the_target(trained)
     reached = [step for step, score in exact if score >= 0.95]
     assert reached[0] == state["global_step"]
     assert all(score < 0.95 for step, score in exact if step < reached[0])
+    card = (trained / "README.md").read_text()
+    assert f"Stopped at step {state['global_step']}, the first evaluation whose validation exact match" in card
 
 
 @pytest.mark.slow

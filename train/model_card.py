@@ -291,11 +291,14 @@ def write_model_card(
     tokenizer_description: str | None = None,
     early_stopping_patience: int | None = None,
     trainer_state: TrainerState | None = None,
+    target_exact_match: float | None = None,
+    curriculum_steps: int = 0,
 ) -> None:
     """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
     training, results, attention figure and limitations of the model in `path`'s folder. The data are the built-in
     `task`'s synthetic corpus, or `user_data` (then `task`, `min_length` and `max_length` are None). With
-    `early_stopping_patience`, `trainer_state` tells when training stopped and which checkpoint was kept."""
+    `early_stopping_patience` or `target_exact_match`, `trainer_state` tells when training stopped and which checkpoint
+    was kept; `curriculum_steps` are the first steps of the length curriculum."""
     name = Path(training_args.output_dir).absolute().name
     config = model.config
     if user_data is None:
@@ -379,6 +382,19 @@ def write_model_card(
             f"\n- Early stopping: training {ended} {early_stopping_patience} evaluations. The model is the checkpoint "
             f"of step {trainer_state.best_global_step}, whose validation {metric} was the best "
             f"({trainer_state.best_metric:.4g})."
+        )
+
+    if target_exact_match and trainer_state is not None and trainer_state.global_step < trainer_state.max_steps:
+        steps = f"at most {steps}"
+        stopping += (
+            f"\n- Stopped at step {trainer_state.global_step}, the first evaluation whose validation exact match "
+            f"reached the target of {target_exact_match:.1%}."
+        )
+    if curriculum_steps:
+        stopping += (
+            f"\n- Length curriculum: during the first {curriculum_steps} steps, three quarters of each batch are drawn "
+            "among the sequences no longer than a cap that grows from the shortest length to the longest, a quarter "
+            "among all."
         )
 
     def figure(split: str, key: str) -> str:

@@ -910,18 +910,20 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     model.generation_config.max_length = longest_target + 1  # + the decoder start token
 
     train_dataset = tokenized["train"] if training_args.do_train else None
+    curriculum_steps = 0
     if train_dataset is not None and user_data is None and data_args.length_curriculum_steps:
         # The curriculum fixes the order of the batches; the Trainer then reads them in that order.
         curriculum_steps = data_args.length_curriculum_steps
         if curriculum_steps < 1:
             curriculum_steps = round(curriculum_steps * training_args.max_steps)
+        curriculum_steps = int(curriculum_steps)
         order = length_curriculum(
             [len(ids) for ids in train_dataset["input_ids"]],
             training_args.per_device_train_batch_size
             * training_args.gradient_accumulation_steps
             * training_args.world_size,
             training_args.max_steps,
-            int(curriculum_steps),
+            curriculum_steps,
             training_args.seed,
         )
         train_dataset = train_dataset.select(order)
@@ -1021,6 +1023,8 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
                 tokenizer_description=describe_tokenizer(model_args, tokenizer),
                 early_stopping_patience=data_args.early_stopping_patience,
                 trainer_state=trainer.state,
+                target_exact_match=data_args.target_exact_match,
+                curriculum_steps=curriculum_steps,
             )
             logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
             if hub_repo_id is not None:
