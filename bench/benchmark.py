@@ -15,7 +15,6 @@ The script prints and writes JSON; it never asserts a target (see bench/README.m
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -32,6 +31,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 
+from reports import write_report
 from timing import alternate
 
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of these benchmark models
@@ -542,9 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{report['load_average_end'][0]:.1f}; {report['mode']} run, {report['wall_s']:.0f} s"
     )
     print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(args.output, report)
     return report
 
 

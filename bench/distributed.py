@@ -41,6 +41,7 @@ from benchmark import machine_description, make_optimizer
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 
+from reports import write_report
 from timing import alternate
 
 FIRST_ORDINARY_ID = 5  # random ids from [5, vocab_size): no special token
@@ -304,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         f"{report['wall_s']:.0f} s"
     )
     print(report["table"])
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(args.output, report)
     return report
 
 

@@ -45,6 +45,8 @@ from hf_tiny_transformer_train.data import (
 )
 from hf_tiny_transformer_train.metrics import sequence_metrics
 
+from reports import write_report
+
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
 TASKS = ("copy", "reverse", "sort")
 MODEL_NAMES = ("ours", "bart")
@@ -457,9 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{report['date']}  torch {torch.__version__}, transformers {transformers.__version__}; load average "
         f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {report['wall_s']:.0f} s"
     )
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(args.output, report)
     return report
 
 
