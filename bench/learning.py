@@ -39,6 +39,7 @@ from hf_tiny_transformer_train import train as train_script
 from hf_tiny_transformer_train.data import (
     build_corpus,
     build_tokenizer,
+    curriculum_step_count,
     length_curriculum,
     target_length,
     tokenize_corpus,
@@ -259,8 +260,7 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     train_split = splits["train"]
     inputs, labels = train_split["input_ids"], train_split["labels"]
     # train.py's order of batches: its length curriculum for the first steps, then uniform draws from all lengths.
-    curriculum_steps = recipe.length_curriculum_steps or 0
-    curriculum_steps = round(curriculum_steps * recipe.max_steps) if curriculum_steps < 1 else int(curriculum_steps)
+    curriculum_steps = curriculum_step_count(recipe.length_curriculum_steps or 0, recipe.max_steps)
     order = length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
                               curriculum_steps, seed)  # fmt: skip
     batch_size, longest = recipe.per_device_train_batch_size, target_length(recipe.task, recipe.max_length) + 1

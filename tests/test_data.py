@@ -160,3 +160,9 @@ def test_length_curriculum_caps_three_quarters_of_each_early_batch_and_then_draw
     late = [length for batch in batches[100:] for length in batch]
     assert abs(sum(late) / len(late) - 25.5) < 1.5  # uniform over 1-50
     assert order == data.length_curriculum(lengths, batch_size=32, num_steps=200, curriculum_steps=100, seed=0)
+
+
+def test_curriculum_steps_below_one_are_a_share_of_the_run_and_counts_otherwise():
+    assert data.curriculum_step_count(0.1, 3000) == 300
+    assert data.curriculum_step_count(250, 3000) == 250
+    assert data.curriculum_step_count(0, 3000) == 0

@@ -223,6 +223,11 @@ def tokenize_corpus(
     )
 
 
+def curriculum_step_count(curriculum_steps: float, num_steps: int) -> int:
+    """The `--length_curriculum_steps` flag as a step count: a count from 1 up, below 1 a share of `num_steps`."""
+    return round(curriculum_steps * num_steps) if curriculum_steps < 1 else int(curriculum_steps)
+
+
 def length_curriculum(
     lengths: list[int], batch_size: int, num_steps: int, curriculum_steps: int, seed: int, mix: float = 0.25
 ) -> list[int]:

@@ -57,6 +57,7 @@ from hf_tiny_transformer_train.data import (  # noqa: E402
     TASKS,
     build_corpus,
     build_tokenizer,
+    curriculum_step_count,
     length_curriculum,
     source_length,
     target_length,
@@ -913,10 +914,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     curriculum_steps = 0
     if train_dataset is not None and user_data is None and data_args.length_curriculum_steps:
         # The curriculum fixes the order of the batches; the Trainer then reads them in that order.
-        curriculum_steps = data_args.length_curriculum_steps
-        if curriculum_steps < 1:
-            curriculum_steps = round(curriculum_steps * training_args.max_steps)
-        curriculum_steps = int(curriculum_steps)
+        curriculum_steps = curriculum_step_count(data_args.length_curriculum_steps, training_args.max_steps)
         order = length_curriculum(
             [len(ids) for ids in train_dataset["input_ids"]],
             training_args.per_device_train_batch_size
