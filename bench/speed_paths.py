@@ -9,7 +9,8 @@ medians and their ratio (plain / ours: above 1 means the speed path pays). The p
 - `F.dropout` instead of the 16-bit CPU dropout (`apply_dropout`);
 - transformers' `DynamicLayer`, which concatenates the whole cache at every step, instead of `InPlaceAppendLayer`;
 - `nn.Linear` ([out, in] weights, the same values) instead of the [in, out] `TinyTransformerProjection`;
-- transformers' general `prepare_inputs_for_generation` instead of `lean_generation_inputs`.
+- transformers' general `prepare_inputs_for_generation` instead of `lean_generation_inputs`;
+- SDPA's own bf16 backward instead of the eager attention for bf16 training on a CPU (`sdpa_backward_is_slow`).
 """
 
 import argparse
@@ -67,14 +68,17 @@ class Patched:
                 setattr(owner, name, value)
 
 
-def training_step(model, batch: int, length: int):
+def training_step(model, batch: int, length: int, bf16: bool = False):
+    """One optimizer step on a fixed batch; with `bf16`, under CPU autocast as the Trainer's `--bf16` runs it."""
     source = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
     inputs = {"input_ids": source, "attention_mask": torch.ones_like(source), "labels": source.flip(1)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
     def step():
-        model(**inputs).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -130,6 +134,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows.append(compare(
         f"[in, out] projections: training step, b{batch} {length}+{length}",
         step, training_step(linear_model, batch, length), args.repeats,
+    ))  # fmt: skip
+    bf16_step = training_step(model, batch, length, bf16=True)
+    rows.append(compare(
+        f"eager attention for bf16 on CPU: training step, --bf16, b{batch} {length}+{length}",
+        bf16_step, Patched(bf16_step, {(modeling, "sdpa_backward_is_slow"): lambda query: False}), args.repeats,
     ))  # fmt: skip
     for generate_batch in (1, batch):
         run = generation(model, generate_batch, length, new_tokens)

@@ -51,6 +51,7 @@ from .fast_paths_tiny_transformer import (
     append_in_place,
     apply_dropout,
     lean_generation_inputs,
+    sdpa_backward_is_slow,
 )
 from .input_checks_tiny_transformer import (
     check_attention_mask,
@@ -290,7 +291,9 @@ class TinyTransformerAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
 
         implementation = self.config._attn_implementation
-        if kwargs.get("output_attentions") or implementation == "eager":
+        if implementation == "sdpa" and sdpa_backward_is_slow(query):
+            attention_function = eager_attention_forward  # the same attention; eager takes both mask formats
+        elif kwargs.get("output_attentions") or implementation == "eager":
             # Only the eager path materialises α; it understands the eager and the SDPA mask formats, not the masks
             # built for flash (2-D) or flex (BlockMask).
             if implementation not in ("eager", "sdpa"):

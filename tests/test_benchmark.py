@@ -45,6 +45,7 @@ def test_speed_path_comparisons_run():
         "in-place cache: greedy, b2",
         "lean step inputs",
         "[in, out] projections",
+        "eager attention for bf16 on CPU: training step",
     ):
         assert what in printed
 

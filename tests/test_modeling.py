@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
+import hf_tiny_transformer.modeling_tiny_transformer as modeling
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration, TinyTransformerModel
 
 
@@ -116,6 +117,36 @@ def test_eager_and_sdpa_agree_in_bf16(make_model, batch, padding_side):
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
     difference = (model(**kwargs).logits.float() - eager(**kwargs).logits.float()).abs().max().item()
     assert difference < 3e-2
+
+
+def test_bf16_training_on_cpu_runs_the_eager_attention_under_sdpa(make_model, batch, monkeypatch):
+    # SDPA's bf16 backward on a CPU is several times slower than the eager attention's (fast_paths_tiny_transformer.py),
+    # so an SDPA model training under autocast computes exactly what the eager model does; evaluation keeps SDPA.
+    calls = []
+    eager_forward = modeling.eager_attention_forward
+    monkeypatch.setattr(modeling, "eager_attention_forward", lambda *a, **k: calls.append(1) or eager_forward(*a, **k))
+    model = make_model()
+    eager = copy_with_attention(model, "eager")
+    input_ids, attention_mask = batch(40, [7, 3])
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids[:, :4])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**kwargs)
+    assert calls == []
+    losses, gradients, eager_calls = [], [], []
+    for twin in (model, eager):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = twin(**kwargs).loss
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append({name: parameter.grad for name, parameter in twin.named_parameters()})
+        eager_calls.append(len(calls) - sum(eager_calls))
+    assert eager_calls == [6, 6]  # 2 encoder self-attentions, 2 decoder self- and 2 encoder-decoder attentions
+    assert losses[0] == losses[1]
+    for name, sdpa_gradient in gradients[0].items():
+        # transformers builds the decoder's causal mask per backend (none for SDPA, [batch, 1, query, key] for eager),
+        # so a relative position-bias table sums its gradient over another shape: equal up to summation order.
+        exact = dict(atol=0, rtol=0) if "position_bias" not in name else dict(atol=1e-4, rtol=0.02)
+        torch.testing.assert_close(sdpa_gradient, gradients[1][name], **exact, msg=name)
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
