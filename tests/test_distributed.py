@@ -210,6 +210,8 @@ def test_bf16_run_computes_in_bf16_saves_fp32_weights_and_follows_the_fp32_loss_
     assert bf16_run["mixed_precision"] == "bf16" and bf16_run["lm_head_output_dtype"] == "torch.bfloat16"
     assert fp32_eager_run["lm_head_output_dtype"] == "torch.float32"
     assert bf16_run["saved_dtypes"] == ["torch.float32"]  # autocast: the weights themselves stay fp32
+    assert "1 process on CPU with" in (card := (tmp_path / "run" / "README.md").read_text())
+    assert "in bf16 mixed precision (autocast; the weights stay float32)" in card
     assert len(bf16_run["losses"]) == len(fp32_eager_run["losses"]) == 20
     for bf16_loss, fp32_loss in zip(bf16_run["losses"], fp32_eager_run["losses"]):
         assert abs(bf16_loss - fp32_loss) <= BF16_LOSS_TOLERANCE * fp32_loss

@@ -105,6 +105,26 @@ def test_defaults_that_other_flags_rule_out_are_dropped_instead_of_failing():
     assert data_args.target_exact_match == train.COMMON_DEFAULTS["target_exact_match"]
 
 
+def test_sort_trains_in_bf16_where_the_hardware_multiplies_bf16_unless_the_user_chooses_otherwise():
+    _, _, training_args = train.parse_arguments(["--task", "sort"])
+    assert training_args.bf16 is train.computes_bf16_natively()
+    for flags in (
+        ["--task", "reverse"],
+        ["--task", "sort", "--bf16", "false"],
+        ["--task", "sort", "--use_cpu", "false"],
+    ):
+        _, _, training_args = train.parse_arguments(flags)
+        assert training_args.bf16 is False, flags
+
+
+@pytest.mark.skipif(
+    torch.accelerator.is_available() or not Path("/proc/cpuinfo").exists(), reason="reads a Linux CPU's flags"
+)
+def test_native_bf16_is_read_from_the_cpu_flags():
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert train.computes_bf16_natively() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
 def test_no_arguments_select_the_default_task():
     _, data_args, training_args = train.parse_arguments([])
     assert data_args.task == train.DEFAULT_TASK

@@ -118,7 +118,11 @@ def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         device = f"CPU with {cores} cores"
     processes = f"{training_args.world_size} processes" if training_args.world_size > 1 else "1 process"
-    return f"{processes} on {device}"
+    if training_args.bf16 or training_args.fp16:
+        precision = f"{'bf16' if training_args.bf16 else 'fp16'} mixed precision (autocast; the weights stay float32)"
+    else:
+        precision = "float32"
+    return f"{processes} on {device}, in {precision}"
 
 
 @dataclass
