@@ -76,3 +76,23 @@ def test_distributed_benchmark_reports_every_measurement(tmp_path):
     for row in ("steps/s, find_unused_parameters=False", "scaling efficiency, 2 processes", "bf16 autocast (--bf16)",
                 "torch.compile (--torch_compile)", "torch.compile time"):  # fmt: skip
         assert row in printed
+
+
+def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them():
+    # Run in bench/, as a user runs its scripts, so that `learning` imports its sibling modules.
+    listing = (
+        "import json, learning; print(json.dumps({t: learning.ablation_variants(t) for t in ('reverse', 'sort')}))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", listing], cwd=BENCH, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    for task, variants in json.loads(completed.stdout.splitlines()[-1]).items():
+        assert next(iter(variants.values())) == [], task  # the first row is the task's recipe itself
+        assert len(variants) >= 3 and all(list(variants.values())[1:]), task
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "learning.py"), "ablation", "--tasks", "copy"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "the ablation covers reverse (the default task) and sort, not 'copy'" in completed.stderr
