@@ -415,6 +415,11 @@ def test_bf16_autocast_forward_and_backward_are_finite_and_close_to_fp32(impleme
     attention_mask[1, 8:] = 0
     attention_mask[2] = 0  # an all-padding row too
     labels = torch.randint(3, 40, (4, 10), generator=generator)
+    # A source of only padding has no defined attention: SDPA gives it zeros, the eager form a uniform average (each
+    # finite), and bf16 training on a CPU runs the eager form (fast_paths_tiny_transformer.py). So that row is checked
+    # for finite outputs only, and its labels are left out of the loss that the gradients compare.
+    has_tokens = attention_mask.bool().any(dim=-1)
+    labels[~has_tokens] = -100
 
     def run(enabled: bool):
         model.zero_grad()
@@ -428,8 +433,8 @@ def test_bf16_autocast_forward_and_backward_are_finite_and_close_to_fp32(impleme
     mixed, mixed_gradient = run(enabled=True)
     assert mixed.logits.dtype == torch.bfloat16  # autocast really ran the matmuls in bf16
     assert finite(mixed.loss, mixed.logits, mixed_gradient)
-    logits_error = (mixed.logits.float() - reference.logits).abs().max()
-    assert logits_error <= BF16_LOGITS_TOLERANCE * reference.logits.abs().max()
+    logits_error = (mixed.logits.float() - reference.logits)[has_tokens].abs().max()
+    assert logits_error <= BF16_LOGITS_TOLERANCE * reference.logits[has_tokens].abs().max()
     assert abs(mixed.loss.item() - reference.loss.item()) <= BF16_LOSS_TOLERANCE * reference.loss.item()
     gradient_error = (mixed_gradient - reference_gradient).norm() / reference_gradient.norm()
     assert gradient_error <= BF16_GRADIENT_TOLERANCE
