@@ -174,8 +174,8 @@ TASK_DEFAULTS = {
     # Sorting needs many examples however they are batched, ordered or weighted (65,000-80,000 before validation exact
     # match reaches 99%; explored in bench/README.md), so its time goes into computing them: learned positions
     # (relative ones cost 10-20% more per step and give a value task nothing) and bf16 where the hardware multiplies it
-    # (1.24x on this project's AMX CPU). Test exact match after 1,500 steps at 2e-3: 98.95-99.25% over three seeds,
-    # hence 1,800 (the previous round's 1e-3 needs about 2,500 steps: 530 s in bf16). No stop below 100%: a stop at
+    # (1.24-1.57x on this project's AMX CPU). Test exact match after 1,500 steps at 2e-3: 98.95-99.25% over three seeds,
+    # hence 1,800 (the previous round's 1e-3 for 2,500 steps took 530 s in bf16). No stop below 100%: a stop at
     # 99.5% of the 500 validation sequences fired early by chance (seed 42, step 1,500: 98.9% test exact match).
     "sort": {
         "position_embedding_type": "learned",
