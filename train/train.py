@@ -171,7 +171,7 @@ COMMON_DEFAULTS = {
 TASK_DEFAULTS = {
     "copy": {},
     "reverse": {},
-    # Sorting needs many examples however they are batched, ordered or weighted (65,000-80,000 before validation exact
+    # Sorting needs many examples however they are batched, ordered or weighted (57,000-80,000 before validation exact
     # match reaches 99%; explored in bench/README.md), so its time goes into computing them: learned positions
     # (relative ones cost 10-20% more per step and give a value task nothing) and bf16 where the hardware multiplies it
     # (1.24-1.57x on this project's AMX CPU). Test exact match after 1,500 steps at 2e-3: 98.95-99.25% over three seeds,
