@@ -291,11 +291,10 @@ class TinyTransformerAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
 
         implementation = self.config._attn_implementation
-        if implementation == "sdpa" and sdpa_backward_is_slow(query):
-            attention_function = eager_attention_forward  # the same attention; eager takes both mask formats
-        elif kwargs.get("output_attentions") or implementation == "eager":
-            # Only the eager path materialises α; it understands the eager and the SDPA mask formats, not the masks
-            # built for flash (2-D) or flex (BlockMask).
+        slow_sdpa = implementation == "sdpa" and sdpa_backward_is_slow(query)
+        if kwargs.get("output_attentions") or implementation == "eager" or slow_sdpa:
+            # Only the eager path materialises α (and it trains faster than SDPA in bf16 on a CPU); it understands the
+            # eager and the SDPA mask formats, not the masks built for flash (2-D) or flex (BlockMask).
             if implementation not in ("eager", "sdpa"):
                 raise ValueError(
                     f"`output_attentions=True` needs attn_implementation 'eager' or 'sdpa', got {implementation!r}."

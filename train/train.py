@@ -457,6 +457,11 @@ class DataArguments:
         return any(getattr(self, name) is not None for name in USER_DATA_SOURCES)
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The flags the user passed, written `--name value` or `--name=value`."""
+    return {arg.split("=")[0] for arg in argv}
+
+
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
     """Parse `argv` with the task's defaults for every flag that is not given, and check the values."""
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
@@ -479,7 +484,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq
     if known.model_name_or_path is not None:
         # A checkpoint brings its own size; leave these None to detect flags that would be silently ignored.
         defaults = {name: value for name, value in defaults.items() if name not in NEW_MODEL_FIELDS}
-    given = {arg.split("=")[0] for arg in argv}
+    given = given_flags(argv)
     if known.fp16 or ("--use_cpu" in given and not known.use_cpu and not torch.accelerator.is_available()):
         # A default of bf16 gives way to the precision or device the user chose (the Trainer refuses fp16 with bf16,
         # and bf16 on a CPU without use_cpu).
@@ -508,7 +513,7 @@ def drop_defaults_that_cannot_apply(
     """A task's default stop at the validation target needs evaluations, and its curriculum a step count and its own
     batch order: where the user's flags remove those, the defaults are dropped (the same flags given explicitly are
     errors)."""
-    given = {arg.split("=")[0] for arg in argv}
+    given = given_flags(argv)
     if "--target_exact_match" not in given and not evaluates_generations(training_args):
         data_args.target_exact_match = None
     if "--length_curriculum_steps" not in given and (
