@@ -13,10 +13,10 @@ The encoder uses bidirectional self-attention with padding masks, the decoder ca
 encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
 eager is the equations above written out and returns α for interpretability.
 
-In reading order: positions and embeddings, masks, attention, the residual sub-layer and the feed-forward network,
-the two layers, the pre-trained base, the encoder, the decoder and the two public models. Sibling modules hold the
-relative positions' biases, the speed paths, the input checks and the checkpoint checks; `save_pretrained` copies
-them all next to the weights, so that `trust_remote_code=True` loads without this package.
+In reading order: token embeddings, masks, attention, the residual sub-layer and the feed-forward network, the two
+layers, the pre-trained base, the encoder, the decoder and the two public models. Sibling modules hold the absolute
+positions' vectors, the relative positions' biases, the speed paths, the input checks and the checkpoint checks;
+`save_pretrained` copies them all next to the weights, so that `trust_remote_code=True` loads without this package.
 """
 
 import math
@@ -44,6 +44,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from .absolute_positions_tiny_transformer import (
+    TinyTransformerSinusoidalPositions,
+    absolute_position_embedding,
+    sinusoidal_position_table,
+    token_positions,
+)
 from .checkpoint_checks_tiny_transformer import load_checked
 from .configuration_tiny_transformer import TinyTransformerConfig
 from .fast_paths_tiny_transformer import (
@@ -88,45 +94,7 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
 
 
-# ------------------------------------------------------------------------------------------ positions and embeddings
-def token_positions(attention_mask: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor:
-    """Position of each source token, [batch or 1, length]: counted over real tokens only, so that left padding does
-    not shift them (padding gets position 0)."""
-    if attention_mask is None:
-        return torch.arange(length, device=device)[None]
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def sinusoidal_position_table(num_positions: int, d_model: int) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)) (Vaswani et al. §3.5)."""
-    positions = torch.arange(num_positions, dtype=torch.float32).unsqueeze(1)
-    frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    table = torch.zeros(num_positions, d_model)
-    table[:, 0::2] = torch.sin(positions * frequencies)
-    table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
-    return table
-
-
-class TinyTransformerSinusoidalPositions(nn.Module):
-    """Fixed sinusoidal position vectors; a non-persistent buffer, rebuilt by `_init_weights` after loading."""
-
-    def __init__(self, num_positions: int, d_model: int):
-        super().__init__()
-        self.register_buffer("weight", sinusoidal_position_table(num_positions, d_model), persistent=False)
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(position_ids, self.weight)
-
-
-def absolute_position_embedding(config: TinyTransformerConfig) -> nn.Module | None:
-    """The position vectors added to the token embeddings, or None where positions act inside attention."""
-    if config.position_embedding_type == "learned":
-        return nn.Embedding(config.max_position_embeddings, config.d_model)
-    if config.position_embedding_type == "sinusoidal":
-        return TinyTransformerSinusoidalPositions(config.max_position_embeddings, config.d_model)
-    return None
-
-
+# ---------------------------------------------------------------------------------------------------- token embeddings
 class TinyTransformerScaledEmbedding(nn.Embedding):
     """Token embedding on the scale of the position vectors added to it: × √d_model for unit-amplitude sinusoidal
     ones (Vaswani et al. §3.4), × 1 for learned ones (initialised like the tokens) and relative ones. Inside the

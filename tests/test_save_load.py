@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer import TinyTransformerForConditionalGeneration, TinyTransformerModel
-from hf_tiny_transformer.modeling_tiny_transformer import sinusoidal_position_table
+from hf_tiny_transformer.absolute_positions_tiny_transformer import sinusoidal_position_table
 
 
 def inputs_for(model, batch):
