@@ -50,6 +50,13 @@ def test_speed_path_comparisons_run():
         assert what in printed
 
 
+def test_openmp_wait_policy_comparison_runs():
+    printed = run_script("openmp_wait.py", "--smoke", "--repeats", "1", "--steps", "2")
+    for row in ("reverse step, CPUs otherwise free", "sort step, next to a busy process"):
+        assert row in printed
+    assert printed.count("sleep/spin") == 4
+
+
 @pytest.mark.slow
 def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisation(tmp_path):
     output = tmp_path / "length.json"

@@ -3,6 +3,6 @@
 `train.py` is the script (`python train/train.py`); its modules are importable as `hf_tiny_transformer_train.*`
 by the benchmarks and the tests: the synthetic corpus (`data`), a user's own data (`user_data`) and a tokenizer
 trained on them (`tokenizer_training`), metrics of generations (`metrics`), checkpoint selection on resume
-(`checkpoints`) and the model card (`model_card`). `make_dates.py` writes the example corpus of the README's "Train
-on your own data".
+(`checkpoints`), the model card (`model_card`) and how idle OpenMP threads wait (`openmp`, chosen before torch loads).
+`make_dates.py` writes the example corpus of the README's "Train on your own data".
 """

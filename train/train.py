@@ -20,9 +20,11 @@ code, the tokenizer, a clean generation config, the metrics, a model card (READM
 
 import os
 
-# Before torch is imported (OpenMP reads it once): idle OpenMP threads sleep instead of spinning. With the default
-# spinning, a 2-core machine where another process is busy ran each training step 15x slower (2.7 s against 0.19 s).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from hf_tiny_transformer_train.openmp import choose_wait_policy
+
+# Before torch is imported (OpenMP reads it once): idle OpenMP threads spin on free CPUs (steps 1.08-1.24x faster)
+# and sleep where other processes are busy (spinning threads then made steps 1.7-1.8x slower); see openmp.py.
+choose_wait_policy(os.environ)
 
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -32,6 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 import datasets  # noqa: E402
+import pyarrow.compute  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
@@ -815,6 +818,12 @@ def describe_tokenizer(model_args: ModelArguments, tokenizer: PreTrainedTokenize
     return f"the built-in word-level tokenizer ({len(tokenizer):,} tokens)"
 
 
+def source_lengths(dataset: datasets.Dataset) -> list[int]:
+    """The length of every example's `input_ids`, read from the Arrow column (100,000 examples: 2 ms, against 1.7 s
+    through Python lists)."""
+    return pyarrow.compute.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy().tolist()
+
+
 def exit_with_error(message: str) -> NoReturn:
     """Stop as the argument parser does: one line on stderr, exit status 2."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
@@ -947,7 +956,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         # The curriculum fixes the order of the batches; the Trainer then reads them in that order.
         curriculum_steps = curriculum_step_count(data_args.length_curriculum_steps, training_args.max_steps)
         order = length_curriculum(
-            [len(ids) for ids in train_dataset["input_ids"]],
+            source_lengths(train_dataset),
             training_args.per_device_train_batch_size
             * training_args.gradient_accumulation_steps
             * training_args.world_size,

@@ -1,0 +1,58 @@
+"""How torch's idle OpenMP threads wait, chosen before torch starts them (OpenMP reads `OMP_WAIT_POLICY` once).
+
+torch's CPU kernels share their work among OpenMP threads (GNU libgomp in the Linux wheels). Between two parallel
+regions an idle thread either spins, ready at once, or sleeps until the kernel wakes it. A training step of this
+model runs thousands of small regions, so the choice moves the whole step (bench/README.md, "OpenMP wait policy"):
+
+- on CPUs no other process uses, spinning (libgomp's default, what any torch program gets) made training steps
+  1.08-1.24x faster than sleeping (`OMP_WAIT_POLICY=PASSIVE`): sort's and reverse's steps;
+- next to another busy process, a spinning thread holds the core its sibling thread is waiting for: steps took
+  1.7-1.8x longer than with sleeping threads (15x in an earlier measurement).
+
+So train.py keeps libgomp's default when the CPUs are free as it starts, and makes idle threads sleep when other
+processes already keep at least half a CPU busy. An `OMP_WAIT_POLICY` the user set is left as it is.
+"""
+
+import os
+import time
+from collections.abc import Callable, MutableMapping
+
+# Other processes' load, in CPUs, from which idle threads sleep instead of spinning.
+BUSY_CPUS_THRESHOLD = 0.5
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are the time no process ran.
+    ticks = [int(value) for value in fields[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_cpus(interval: float = 0.1) -> float:
+    """How many CPUs the machine's other processes keep busy, measured over `interval` seconds while this process
+    sleeps; 0.0 where the load cannot be read (no /proc/stat)."""
+    before = cpu_times()
+    time.sleep(interval)
+    after = cpu_times()
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    share_busy = (after[0] - before[0]) / (after[1] - before[1])
+    return share_busy * (os.cpu_count() or 1)
+
+
+def choose_wait_policy(
+    environ: MutableMapping[str, str], measure_other_load: Callable[[], float] = busy_cpus
+) -> str | None:
+    """Where the user set no policy, set `OMP_WAIT_POLICY=PASSIVE` in `environ` if other processes keep at least
+    BUSY_CPUS_THRESHOLD CPUs busy (`measure_other_load`). Returns the policy OpenMP will use (None: libgomp's default,
+    spinning)."""
+    if "OMP_WAIT_POLICY" not in environ and measure_other_load() >= BUSY_CPUS_THRESHOLD:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return environ.get("OMP_WAIT_POLICY")
