@@ -3,7 +3,7 @@
 (libgomp's default) and sleeping (`OMP_WAIT_POLICY=PASSIVE`), on free CPUs and next to a process that keeps one CPU
 busy.
 
-    python bench/openmp_wait.py [--repeats 5] [--steps 30]
+    python bench/openmp_wait.py [--repeats 5] [--steps 30] [--rows reverse,sort] [--output report.json]
 
 OpenMP reads the policy once, as torch loads, so each measurement is a fresh process (this script with `--child`)
 timing `--steps` optimizer steps of a built-in task's model and batch after 3 untimed ones; the two policies run in
@@ -18,9 +18,12 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 # The built-in tasks' training steps, as train.py's defaults run them: model, batch, length of source and target.
 ROWS = {
+    # bf16: where the hardware multiplies it, as train.py's sort defaults
     "reverse": dict(position_embedding_type="relative", batch=32, length=51, bf16=False),
     "sort": dict(position_embedding_type="learned", batch=64, length=51, bf16=True),
 }
@@ -29,15 +32,12 @@ SMOKE_SIZES = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1
 BUSY_LOOP = (sys.executable, "-c", "while True: pass")
 
 
-def time_steps(row: str, steps: int, smoke: bool) -> float:
+def time_steps(row: str, bf16: bool, steps: int, smoke: bool) -> float:
     """Median milliseconds of `steps` optimizer steps of `row`'s model (in this process, under its wait policy)."""
     import torch
     from speed_paths import training_step
 
     from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-
-    # After torch: OpenMP has read this process's policy, which train.py's own choice at import cannot change.
-    from hf_tiny_transformer_train.train import computes_bf16_natively
 
     setting = ROWS[row]
     torch.manual_seed(0)
@@ -45,8 +45,7 @@ def time_steps(row: str, steps: int, smoke: bool) -> float:
         **(SMOKE_SIZES if smoke else SIZES), dropout=0.0, position_embedding_type=setting["position_embedding_type"]
     )
     model = TinyTransformerForConditionalGeneration(config)
-    length = 6 if smoke else setting["length"]
-    step = training_step(model, 2 if smoke else setting["batch"], length, setting["bf16"] and computes_bf16_natively())
+    step = training_step(model, 2 if smoke else setting["batch"], 6 if smoke else setting["length"], bf16)
     for _ in range(3):
         step()
     seconds = []
@@ -59,10 +58,16 @@ def time_steps(row: str, steps: int, smoke: bool) -> float:
 
 def measure(row: str, policy: str | None, steps: int, smoke: bool) -> float:
     """A fresh process's median step time under `policy` (None: libgomp's default)."""
+    # bf16 as train.py's defaults use it: where the hardware multiplies it. (Imported here, in the parent: train.py
+    # chooses a wait policy as it is imported, which must not touch the children's.)
+    from hf_tiny_transformer_train.train import computes_bf16_natively
+
+    bf16 = ROWS[row]["bf16"] and computes_bf16_natively()
     environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     if policy is not None:
         environment["OMP_WAIT_POLICY"] = policy
-    command = [sys.executable, __file__, "--child", row, "--steps", str(steps), *(["--smoke"] if smoke else [])]
+    command = [sys.executable, __file__, "--child", row, "--steps", str(steps)]
+    command += ["--bf16"] * bf16 + ["--smoke"] * smoke
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.splitlines()[-1])["step_ms"]
 
@@ -94,18 +99,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="processes per policy and row (default 5)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per process (default 30)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default {','.join(ROWS)})")
+    parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--smoke", action="store_true", help="a tiny model: checks the script runs")
     parser.add_argument("--child", choices=list(ROWS), help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    chosen = args.rows.split(",")
+    if unknown := set(chosen) - set(ROWS):
+        parser.error(f"--rows: unknown {', '.join(sorted(unknown))}; choose among {', '.join(ROWS)}")
     if args.child:
-        print(json.dumps({"step_ms": time_steps(args.child, args.steps, args.smoke)}))
+        print(json.dumps({"step_ms": time_steps(args.child, args.bf16, args.steps, args.smoke)}))
         return []
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians over {args.repeats} processes per policy")
-    return [
-        compare(row, neighbour, args.repeats, args.steps, args.smoke) for neighbour in (False, True) for row in ROWS
+    load_before = os.getloadavg()
+    rows = [
+        compare(row, neighbour, args.repeats, args.steps, args.smoke) for neighbour in (False, True) for row in chosen
     ]
+    if args.output:
+        report = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "repeats": args.repeats,
+            "steps": args.steps,
+            "load_average_start": load_before,
+            "load_average_end": os.getloadavg(),
+            "rows": rows,
+        }
+        args.output.write_text(json.dumps(report, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

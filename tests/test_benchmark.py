@@ -50,11 +50,22 @@ def test_speed_path_comparisons_run():
         assert what in printed
 
 
-def test_openmp_wait_policy_comparison_runs():
-    printed = run_script("openmp_wait.py", "--smoke", "--repeats", "1", "--steps", "2")
-    for row in ("reverse step, CPUs otherwise free", "sort step, next to a busy process"):
+def test_openmp_wait_policy_comparison_reports_both_policies_with_and_without_a_busy_neighbour(tmp_path):
+    output = tmp_path / "report.json"
+    arguments = ("--smoke", "--rows", "sort", "--repeats", "1", "--steps", "2", "--output", str(output))
+    printed = run_script("openmp_wait.py", *arguments)
+    for row in ("sort step, CPUs otherwise free", "sort step, next to a busy process"):
         assert row in printed
-    assert printed.count("sleep/spin") == 4
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["row"], row["busy_neighbour"]) for row in rows] == [("sort", False), ("sort", True)]
+    assert all(row["spin_ms"] > 0 and row["sleep_ms"] > 0 and row["sleep_over_spin"] > 0 for row in rows)
+
+
+def test_openmp_wait_policy_comparison_refuses_an_unknown_row():
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "openmp_wait.py"), "--rows", "sort,transpose"], capture_output=True, text=True
+    )
+    assert completed.returncode == 2 and "--rows: unknown transpose" in completed.stderr
 
 
 @pytest.mark.slow
