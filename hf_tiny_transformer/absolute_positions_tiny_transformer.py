@@ -1,9 +1,11 @@
 """Absolute positions of TinyTransformer: position vectors added to the token embeddings, learned
-(`position_embedding_type="learned"`, an `nn.Embedding`) or fixed sinusoids (`"sinusoidal"`, Vaswani et al. §3.5).
+(`position_embedding_type="learned"`, an `nn.Embedding`) or fixed sinusoids (`"sinusoidal"`, Vaswani et al. §3.5),
+and the source token positions they index (which the relative scheme's encoder-decoder bias counts too).
 
-Both end at `max_position_embeddings`: a sequence longer than any seen in training reaches positions never trained
-(learned) or never seen (sinusoidal), which is why they fail there (bench/README.md, "Length generalisation"). This file
-is copied next to the weights by `save_pretrained` (the model file imports it), so it imports only torch.
+Both end at `max_position_embeddings`, and a sequence longer than any seen in training reaches positions never trained
+(learned) or never seen together with the task (sinusoidal): they fail there (bench/README.md, "Length
+generalisation"). This file is copied next to the weights by `save_pretrained` (the model file imports it), so it
+imports only torch and the config.
 """
 
 import math
