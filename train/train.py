@@ -844,7 +844,8 @@ def push_folder(training_args: Seq2SeqTrainingArguments, repo_id: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
-    """Train, evaluate and test as the flags say; return the trainer (for callers that inspect the run)."""
+    """Train, evaluate and test as the flags say; return the trainer (for callers that inspect the run). A
+    multi-process run ends its process group before returning, as a script's last step does."""
     start_time = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_arguments(argv)
@@ -1067,6 +1068,12 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
             logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
             if hub_repo_id is not None:
                 push_folder(training_args, hub_repo_id)
+    if torch.distributed.is_initialized():
+        # The processes wait for each other (the first writes the card), then end their group: left to interpreter
+        # exit, gloo's threads can abort a finished process ("terminate called without an active exception", seen
+        # once in CI; pytorch/pytorch#190489), and the launcher then reports a failure after a successful run.
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
     logger.info("Finished in %.1f s", time.perf_counter() - start_time)
     return trainer
 
