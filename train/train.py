@@ -1068,12 +1068,12 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
             logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
             if hub_repo_id is not None:
                 push_folder(training_args, hub_repo_id)
-    if torch.distributed.is_initialized():
-        # The processes wait for each other (the first writes the card), then end their group: left to interpreter
-        # exit, gloo's threads can abort a finished process ("terminate called without an active exception", seen
-        # once in CI; pytorch/pytorch#190489), and the launcher then reports a failure after a successful run.
-        trainer.accelerator.wait_for_everyone()
-        trainer.accelerator.end_training()
+    # A multi-process run's processes wait for each other (the first writes the card), then end their group: left to
+    # interpreter exit, gloo's threads can abort a finished process ("terminate called without an active exception",
+    # seen once in CI; pytorch/pytorch#190489), and the launcher then reports a failure after a successful run. With
+    # one process both calls do nothing. (transformers 5.24's Trainer.end() is the second; 5.17 lacks it.)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     logger.info("Finished in %.1f s", time.perf_counter() - start_time)
     return trainer
 
