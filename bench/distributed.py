@@ -47,13 +47,13 @@ from timing import alternate
 FIRST_ORDINARY_ID = 5  # random ids from [5, vocab_size): no special token
 
 
-def default_workload() -> dict:
-    """train.py's defaults for its default task: the new model's config, the per-process batch and the longest
-    source and target (each + </s>; the decoder sees the start token and the target)."""
+def default_workload(task: str | None = None) -> dict:
+    """train.py's defaults for `task` (None: its default task): the new model's config, the per-process batch, the
+    longest source and target (each + </s>; the decoder sees the start token and the target) and the precision."""
     from hf_tiny_transformer_train import train
     from hf_tiny_transformer_train.data import build_tokenizer, source_length, target_length
 
-    model_args, data_args, training_args = train.parse_arguments([])
+    model_args, data_args, training_args = train.parse_arguments([] if task is None else ["--task", task])
     config = train.new_model_config(model_args, build_tokenizer())
     return {
         "task": data_args.task,
@@ -64,6 +64,7 @@ def default_workload() -> dict:
         "learning_rate": training_args.learning_rate,
         "weight_decay": training_args.weight_decay,
         "max_grad_norm": training_args.max_grad_norm,
+        "bf16": training_args.bf16,
         "compile_backend": "inductor",  # torch.compile's default, what --torch_compile uses
     }
 
@@ -75,7 +76,7 @@ def smoke_workload() -> dict:
     )  # fmt: skip
     return {
         "task": "smoke", "config": config.to_dict(), "batch": 4, "source_length": 6, "target_length": 6,
-        "learning_rate": 1e-3, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "learning_rate": 1e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": False,
         # Dynamo's tracing without Inductor's code generation: the compile path in seconds, not a minute.
         "compile_backend": "eager",
     }  # fmt: skip
