@@ -4,10 +4,10 @@ torch's CPU kernels share their work among OpenMP threads (GNU libgomp in the Li
 regions an idle thread either spins, ready at once, or sleeps until the kernel wakes it. A training step of this
 model runs thousands of small regions, so the choice moves the whole step (bench/README.md, "OpenMP wait policy"):
 
-- on CPUs no other process uses, spinning (libgomp's default, what any torch program gets) made training steps
-  1.08-1.24x faster than sleeping (`OMP_WAIT_POLICY=PASSIVE`): sort's and reverse's steps;
+- on CPUs no other process uses, spinning (libgomp's default, what any torch program gets) made sort's and
+  reverse's training steps 1.19-1.24x faster than sleeping (`OMP_WAIT_POLICY=PASSIVE`);
 - next to another busy process, a spinning thread holds the core its sibling thread is waiting for: steps took
-  1.7-1.8x longer than with sleeping threads (15x in an earlier measurement).
+  1.6x longer than with sleeping threads (15x in an earlier measurement).
 
 So train.py keeps libgomp's default when the CPUs are free as it starts, and makes idle threads sleep when other
 processes already keep at least half a CPU busy. An `OMP_WAIT_POLICY` the user set is left as it is.

@@ -22,8 +22,8 @@ import os
 
 from hf_tiny_transformer_train.openmp import choose_wait_policy
 
-# Before torch is imported (OpenMP reads it once): idle OpenMP threads spin on free CPUs (steps 1.08-1.24x faster)
-# and sleep where other processes are busy (spinning threads then made steps 1.7-1.8x slower); see openmp.py.
+# Before torch is imported (OpenMP reads it once): idle OpenMP threads spin on free CPUs (steps 1.19-1.24x faster)
+# and sleep where other processes are busy (spinning threads then made steps 1.6x slower); see openmp.py.
 choose_wait_policy(os.environ)
 
 import logging  # noqa: E402
