@@ -138,7 +138,8 @@ def benchmark_commands(tasks: list[str], seeds: list[int]) -> dict:
 def ablation_variants(task: str) -> dict[str, list[str]]:
     """The task's recipe, then each of its changes undone on its own and each rejected alternative tried on its own.
     Reverse also runs the recipe before this round as a whole (learned positions, batch 64, rate 1e-3, 1,500 steps,
-    evaluations every 250, no curriculum, no longer test); sort's (414 s, 99.8%) is issue 9's measurement."""
+    evaluations every 250, no curriculum, no longer test); sort's (414 s, 99.8%) is issue 9's measurement, and sort
+    runs its own previous recipe (two and two layers, 1,800 steps, evaluations every 100)."""
     if task == "sort":
         return {
             "the recipe (train.py's defaults for sort)": [],

@@ -97,9 +97,13 @@ def test_distributed_benchmark_reports_every_measurement(tmp_path):
 
 
 def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them():
-    # Run in bench/, as a user runs its scripts, so that `learning` imports its sibling modules.
+    # Run in bench/, as a user runs its scripts, so that `learning` imports its sibling modules. Every variant's flags
+    # must be ones train.py accepts for its task, or the ablation would fail after an hour of runs.
     listing = (
-        "import json, learning; print(json.dumps({t: learning.ablation_variants(t) for t in ('reverse', 'sort')}))"
+        "import json, learning; from hf_tiny_transformer_train import train; "
+        "variants = {t: learning.ablation_variants(t) for t in ('reverse', 'sort')}; "
+        "[train.parse_arguments(['--task', t, *flags]) for t in variants for flags in variants[t].values()]; "
+        "print(json.dumps(variants))"
     )
     completed = subprocess.run(
         [sys.executable, "-c", listing], cwd=BENCH, capture_output=True, text=True, timeout=600, check=False
