@@ -146,25 +146,14 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
             "float32 instead of bf16": ["--bf16", "false"],
             "relative positions instead of learned": ["--position_embedding_type", "relative"],
             "two encoder and two decoder layers instead of one and three": [
-                "--encoder_layers",
-                "2",
-                "--decoder_layers",
-                "2",
+                "--encoder_layers", "2", "--decoder_layers", "2",
             ],
             "evaluation every 100 steps instead of 300": ["--eval_steps", "100", "--save_steps", "100"],
             "before: two and two layers, 1,800 steps, evaluation every 100": [
-                "--encoder_layers",
-                "2",
-                "--decoder_layers",
-                "2",
-                "--max_steps",
-                "1800",
-                "--eval_steps",
-                "100",
-                "--save_steps",
-                "100",
+                "--encoder_layers", "2", "--decoder_layers", "2", "--max_steps", "1800", "--eval_steps", "100",
+                "--save_steps", "100",
             ],
-        }
+        }  # fmt: skip
     if task != "reverse":
         raise ValueError(f"the ablation covers reverse (the default task) and sort, not {task!r}")
     return {
