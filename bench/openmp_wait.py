@@ -18,12 +18,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from distributed import build_model, default_workload, random_batch, smoke_workload, training_step
+
+from timing import alternate
 
 TASKS = ("reverse", "sort")  # reverse: relative positions, float32, b32; sort: learned, bf16 where native, b64
 BUSY_LOOP = (sys.executable, "-c", "while True: pass")
@@ -34,14 +35,7 @@ def time_steps(workload: dict, steps: int) -> float:
     model = build_model(workload)
     autocast_dtype = torch.bfloat16 if workload["bf16"] else None
     step = training_step(model, model, workload, random_batch(workload, seed=1), autocast_dtype)
-    for _ in range(3):
-        step()
-    seconds = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds) * 1e3
+    return statistics.median(alternate({"step": step}, steps, warmup=3)["step"]) * 1e3
 
 
 def measure(workload: dict, policy: str | None, steps: int) -> float:
