@@ -74,3 +74,16 @@ def test_train_py_makes_threads_sleep_before_torch_starts_them_next_to_a_busy_pr
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines() == ["torch loaded: False", "policy: PASSIVE"]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load is read from Linux's /proc/stat")
+def test_importing_train_after_torch_sets_no_policy_next_to_a_busy_process(busy_process):
+    # A benchmark or test imports train.py's module after torch: the policy could no longer reach its threads, and
+    # would only be passed on to the processes it starts.
+    probe = "import os, torch\nfrom hf_tiny_transformer_train import train\nprint('policy:', os.environ.get('OMP_WAIT_POLICY'))\n"
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["policy: None"]

@@ -19,15 +19,18 @@ code, the tokenizer, a clean generation config, the metrics, a model card (READM
 """
 
 import os
+import sys
 
 from hf_tiny_transformer_train.openmp import choose_wait_policy
 
 # Before torch is imported (OpenMP reads it once): idle OpenMP threads spin on free CPUs (steps 1.19-1.24x faster)
-# and sleep where other processes are busy (spinning threads then made steps 1.6x slower); see openmp.py.
-choose_wait_policy(os.environ)
+# and sleep where other processes are busy (spinning threads then made steps 1.6x slower); see openmp.py. A program
+# that imports this module after torch (a benchmark, a test) keeps its threads as they are: a policy set now would
+# not reach them, only the processes it starts, chosen by the load of the moment it imported us.
+if "torch" not in sys.modules:
+    choose_wait_policy(os.environ)
 
 import logging  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
