@@ -37,7 +37,6 @@ from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 import datasets  # noqa: E402
-import pyarrow.compute  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
@@ -64,6 +63,7 @@ from hf_tiny_transformer_train.data import (  # noqa: E402
     build_corpus,
     build_tokenizer,
     curriculum_step_count,
+    input_lengths,
     length_curriculum,
     source_length,
     target_length,
@@ -827,12 +827,6 @@ def describe_tokenizer(model_args: ModelArguments, tokenizer: PreTrainedTokenize
     return f"the built-in word-level tokenizer ({len(tokenizer):,} tokens)"
 
 
-def source_lengths(dataset: datasets.Dataset) -> list[int]:
-    """The length of every example's `input_ids`, read from the Arrow column (100,000 examples: 2 ms, against 1.7 s
-    through Python lists)."""
-    return pyarrow.compute.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy().tolist()
-
-
 def exit_with_error(message: str) -> NoReturn:
     """Stop as the argument parser does: one line on stderr, exit status 2."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
@@ -966,7 +960,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         # The curriculum fixes the order of the batches; the Trainer then reads them in that order.
         curriculum_steps = curriculum_step_count(data_args.length_curriculum_steps, training_args.max_steps)
         order = length_curriculum(
-            source_lengths(train_dataset),
+            input_lengths(train_dataset),
             training_args.per_device_train_batch_size
             * training_args.gradient_accumulation_steps
             * training_args.world_size,
