@@ -4,4 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-exec "$PY" -m pytest "$@"
+# One worker per core: most of the suite's time is child processes (training runs, launches, benchmarks), which
+# share the cores better than they use them one after another. A module's tests stay on one worker (loadscope), so
+# that a module-scoped run (a trained folder, an uninterrupted run) is made once. `-n 0` runs everything in this process.
+exec "$PY" -m pytest -n auto --dist loadscope "$@"

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny configs, seeded tiny models and padded batches; no network."""
 
+import importlib
 import os
+from pathlib import Path
 
 # No network in tests: every model, tokenizer and dataset is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 
@@ -20,24 +23,30 @@ def position_embedding_type(request) -> str:
     return request.param
 
 
+# The tiny model of every test: vocabulary 40, width 32.
+TINY_FIELDS = dict(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=64)
+
+
 @pytest.fixture
 def make_config(position_embedding_type):
-    """A tiny config (vocabulary 40, width 32) with the position scheme of this run of the test; keyword arguments
-    override its fields."""
+    """A tiny config with the position scheme of this run of the test; keyword arguments override its fields."""
 
     def make(**overrides) -> TinyTransformerConfig:
-        fields = dict(
-            vocab_size=40,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            num_attention_heads=4,
-            ffn_dim=64,
-            position_embedding_type=position_embedding_type,
-        )
-        return TinyTransformerConfig(**{**fields, **overrides})
+        return TinyTransformerConfig(**{**TINY_FIELDS, "position_embedding_type": position_embedding_type, **overrides})
 
     return make
+
+
+@pytest.fixture
+def tiny_model_of_each_scheme() -> dict[str, TinyTransformerForConditionalGeneration]:
+    """The tiny model, seeded, in eval mode, once per position scheme: for a test that checks them all in one new
+    process (each process costs seconds of imports)."""
+    models = {}
+    for scheme in POSITION_EMBEDDING_TYPES:
+        torch.manual_seed(0)
+        config = TinyTransformerConfig(**TINY_FIELDS, position_embedding_type=scheme)
+        models[scheme] = TinyTransformerForConditionalGeneration(config).eval()
+    return models
 
 
 @pytest.fixture
@@ -71,3 +80,19 @@ def batch():
         return input_ids, attention_mask
 
     return make
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """`bench(script)`: the module of bench/<script>.py, imported as `python bench/<script>.py` imports it (its folder
+    first on sys.path, for its sibling modules), so that a test runs its `main(arguments)` in this process instead of
+    paying a new interpreter's seconds of imports. The thread count and transformers' verbosity that the scripts'
+    mains set are restored afterwards."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    yield importlib.import_module
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosity)

@@ -1,7 +1,7 @@
 """Distributed and mixed-precision training as users run it: train.py's DDP defaults, FSDP2 over two CPU processes
 against one process, and --bf16 / --torch_compile through train.py end to end.
 
-The 2-process DDP run of train.py itself is in test_training.py; the benchmark's smoke run in test_benchmark.py.
+The benchmark's smoke run is in test_bench_distributed.py.
 """
 
 import json
@@ -73,19 +73,26 @@ with open(f"{output_dir}/probe.json", "w") as file:
 
 # Runs train.py's main in each launched process and reports how the Trainer distributed the work.
 LAUNCH_PROBE = """
-import json, sys
+import hashlib, json, sys
 import torch
 from hf_tiny_transformer_train import train
 
 trainer = train.main(sys.argv[1:])
+args = trainer.args
+parameters = torch.cat([parameter.detach().flatten() for parameter in trainer.model.parameters()])
 report = {
+    # train.py ends the group itself: left to interpreter exit, gloo's threads can abort a finished process.
     "process_group_ended": not torch.distributed.is_initialized(),
-    "world_size": trainer.args.world_size,
+    "rank": args.process_index,
+    "world_size": args.world_size,
     "distributed_type": str(trainer.accelerator.distributed_type),
     "wrapped_model": type(trainer.model_wrapped).__name__,
     "find_unused_parameters": getattr(trainer.model_wrapped, "find_unused_parameters", None),
+    "batches_per_rank": len(trainer.get_train_dataloader()),
+    "global_step": trainer.state.global_step,
+    "parameters_sha256": hashlib.sha256(parameters.numpy().tobytes()).hexdigest(),
 }
-with open(f"{trainer.args.output_dir}/rank{trainer.args.process_index}.json", "w") as file:
+with open(f"{args.output_dir}/rank{args.process_index}.json", "w") as file:
     json.dump(report, file)
 """
 
@@ -139,8 +146,9 @@ def test_train_script_uses_the_cpu_explicitly_where_there_is_no_accelerator():
 
 
 @pytest.mark.slow
-def test_accelerate_launch_with_the_ddp_config_trains_on_two_cpu_processes(tmp_path):
+def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_processes(tmp_path):
     # The GPU config of the README, on a machine without GPU: train.py's use_cpu default makes it DDP over gloo.
+    # Accelerate starts the processes with torch.distributed.run, the launcher of `torchrun --nproc_per_node 2`.
     probe = tmp_path / "launch_probe.py"
     probe.write_text(LAUNCH_PROBE)
     output_dir = tmp_path / "ddp"
@@ -153,19 +161,25 @@ def test_accelerate_launch_with_the_ddp_config_trains_on_two_cpu_processes(tmp_p
         "--num_processes",
         "2",
     ]
-    flags = ["--max_steps", "4", "--do_eval", "false", "--do_predict", "false", "--output_dir", str(output_dir)]
+    flags = ["--train_size", "256", "--per_device_train_batch_size", "8", "--max_steps", "-1",
+             "--num_train_epochs", "1", "--output_dir", str(output_dir)]  # fmt: skip
     run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path)
-    for rank in range(2):
-        report = json.loads((output_dir / f"rank{rank}.json").read_text())
-        assert report == {
-            # train.py ends the group itself: left to interpreter exit, gloo's threads can abort a finished process.
+    reports = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, report in enumerate(reports):
+        assert {key: value for key, value in report.items() if key != "parameters_sha256"} == {
             "process_group_ended": True,
+            "rank": rank,
             "world_size": 2,
             "distributed_type": "DistributedType.MULTI_CPU",
             "wrapped_model": "DistributedDataParallel",
-            "find_unused_parameters": False,
+            "find_unused_parameters": False,  # train.py's default: no search for unused parameters
+            # Each rank sees half of the 256 examples, 8 at a time: every optimizer step consumes 2 x 8 examples.
+            "batches_per_rank": 256 // (2 * 8),
+            "global_step": 256 // (2 * 8),
         }
+    assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
     assert (output_dir / "model.safetensors").is_file()
+    assert json.loads((output_dir / "test_results.json").read_text())["test_exact_match"] >= 0
 
 
 # FSDP2 on CPU: fully_shard with fsdp.yaml's policy (the Trainer runs DDP instead when use_cpu is set).

@@ -151,6 +151,9 @@ def test_half_written_checkpoints_are_skipped_with_a_warning_and_the_run_resumes
     assert f"Skipping {output_dir}/checkpoint-35: trainer_state.json is missing" in output
     assert f"resuming training at {output_dir}/checkpoint-30." in output
     assert_same_result(output_dir, uninterrupted_run)
+    # Each logging step once: 5-30 from the checkpoint's history, 35-40 from the resumed run.
+    log_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in log_history if "loss" in entry] == list(range(5, 41, 5))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

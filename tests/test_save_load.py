@@ -127,51 +127,47 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-    checkpoint, inputs_path = sys.argv[1], sys.argv[2]
-    inputs = torch.load(inputs_path)
-    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
-    assert type(AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)).__name__ == "TinyTransformerConfig"
-    base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
-    assert type(base).__name__ == "TinyTransformerModel"
-    assert "hf_tiny_transformer" not in type(model).__module__
-    logits = model(**inputs).logits
-    generated = model.generate(
-        inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, num_beams=2
-    )
-    torch.save({"logits": logits, "generated": generated, "module": type(model).__module__}, sys.argv[3])
+    # One folder per position scheme: checkpoint/ and inputs.pt in, out.pt written.
+    for folder in sys.argv[1:]:
+        checkpoint = f"{folder}/checkpoint"
+        inputs = torch.load(f"{folder}/inputs.pt")
+        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
+        config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
+        assert type(config).__name__ == "TinyTransformerConfig"
+        base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
+        assert type(base).__name__ == "TinyTransformerModel"
+        assert "hf_tiny_transformer" not in type(model).__module__
+        logits = model(**inputs).logits
+        generated = model.generate(
+            inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, num_beams=2
+        )
+        result = {"logits": logits, "generated": generated, "module": type(model).__module__}
+        torch.save({**result, "position_embedding_type": config.position_embedding_type}, f"{folder}/out.pt")
     """
 )
 
 
 @pytest.mark.slow
-def test_remote_code_loads_in_a_fresh_process_without_our_package(make_model, batch, tmp_path):
-    model = make_model()
-    checkpoint = tmp_path / "checkpoint"
-    model.save_pretrained(checkpoint)
-    inputs = inputs_for(model, batch)
-    torch.save(inputs, tmp_path / "inputs.pt")
+def test_remote_code_loads_in_a_fresh_process_without_our_package(tiny_model_of_each_scheme, batch, tmp_path):
+    inputs = {}
+    for scheme, model in tiny_model_of_each_scheme.items():
+        model.save_pretrained(tmp_path / scheme / "checkpoint")
+        inputs[scheme] = inputs_for(model, batch)
+        torch.save(inputs[scheme], tmp_path / scheme / "inputs.pt")
     environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     environment.pop("PYTHONPATH", None)
+    folders = [str(tmp_path / scheme) for scheme in tiny_model_of_each_scheme]
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FRESH_PROCESS_SCRIPT,
-            str(checkpoint),
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *folders],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = torch.load(tmp_path / "out.pt")
-    assert result["module"].startswith("transformers_modules.")
-    assert torch.equal(result["logits"], model(**inputs).logits)
-    expected = model.generate(
-        inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, num_beams=2
-    )
-    assert torch.equal(result["generated"], expected)
+    for scheme, model in tiny_model_of_each_scheme.items():
+        result = torch.load(tmp_path / scheme / "out.pt")
+        assert result["position_embedding_type"] == scheme
+        assert result["module"].startswith("transformers_modules.")
+        assert torch.equal(result["logits"], model(**inputs[scheme]).logits), scheme
+        expected = model.generate(
+            inputs[scheme]["input_ids"], attention_mask=inputs[scheme]["attention_mask"], max_new_tokens=6, num_beams=2
+        )
+        assert torch.equal(result["generated"], expected), scheme

@@ -1,9 +1,9 @@
-"""train/train.py end to end: arguments, a short run that learns, resume, fine-tune, 2 processes, and loading the
-result folder in a fresh Python process that cannot import hf_tiny_transformer."""
+"""train/train.py end to end: arguments, a short run that learns, fine-tune, and loading the result folder in a fresh
+Python process that cannot import hf_tiny_transformer. Resuming a rerun is in test_faults.py, two processes in
+test_distributed.py."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
 
 from hf_tiny_transformer_train import train
 from hf_tiny_transformer_train.data import generate_examples
@@ -240,26 +239,6 @@ def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained)
 
 
 @pytest.mark.slow
-def test_rerun_resumes_from_the_last_checkpoint_and_ends_where_an_uninterrupted_run_ends(tmp_path):
-    output_dir = tmp_path / "resumed"
-    flags = [*TINY, "--output_dir", str(output_dir), "--max_steps", "40", "--save_steps", "20", "--eval_steps", "40"]
-    run_training(tmp_path, *flags)
-    uninterrupted = load_file(output_dir / "model.safetensors")
-    # Make it look like a run stopped after step 20: no final model, no later checkpoint.
-    shutil.rmtree(output_dir / "checkpoint-40")
-    (output_dir / "model.safetensors").unlink()
-
-    output = run_training(tmp_path, *flags)
-    assert f"Checkpoint detected, resuming training at {output_dir / 'checkpoint-20'}" in output
-    resumed = load_file(output_dir / "model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    for name in resumed:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6)
-    steps = [entry["step"] for entry in log_history(output_dir) if "loss" in entry]
-    assert steps == list(range(10, 41, 10))  # each step logged once: 1-20 from the checkpoint, 21-40 resumed
-
-
-@pytest.mark.slow
 def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
     output_dir = tmp_path / "fine-tuned"
     flags = list(TINY)
@@ -275,53 +254,6 @@ def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
     assert start["step"] == 0 and start["eval_exact_match"] > 0.9  # a new model would score 0
     assert json.loads((output_dir / "config.json").read_text())["d_model"] == 64
     assert (output_dir / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
-
-
-PROBE = """
-import hashlib, json, sys
-import torch
-from hf_tiny_transformer_train import train
-
-trainer = train.main(sys.argv[1:])
-args = trainer.args
-parameters = torch.cat([parameter.detach().flatten() for parameter in trainer.model.parameters()])
-report = {
-    "rank": args.process_index,
-    "world_size": args.world_size,
-    "parallel_mode": args.parallel_mode.value,
-    "per_device_batch": args.per_device_train_batch_size,
-    "batches_per_rank": len(trainer.get_train_dataloader()),
-    "global_step": trainer.state.global_step,
-    "find_unused_parameters": trainer.model_wrapped.find_unused_parameters,
-    "parameters_sha256": hashlib.sha256(parameters.numpy().tobytes()).hexdigest(),
-}
-with open(f"{args.output_dir}/rank{args.process_index}.json", "w") as file:
-    json.dump(report, file)
-"""
-
-
-@pytest.mark.slow
-def test_two_cpu_processes_share_the_batch_and_keep_identical_weights(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    output_dir = tmp_path / "ddp"
-    flags = [*TINY, "--output_dir", str(output_dir), "--train_size", "256", "--per_device_train_batch_size", "8",
-             "--max_steps", "-1", "--num_train_epochs", "1", "--eval_strategy", "no"]  # fmt: skip
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    completed = subprocess.run(
-        [*torchrun, str(probe), *flags], env=environment(tmp_path), cwd=tmp_path, capture_output=True, text=True,
-        timeout=600, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
-    reports = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
-    for rank, report in enumerate(reports):
-        assert (report["rank"], report["world_size"], report["parallel_mode"]) == (rank, 2, "distributed")
-        # Each rank sees half of the 256 examples, 8 at a time: every optimizer step consumes 2 x 8 examples.
-        assert report["batches_per_rank"] == 256 // (2 * 8)
-        assert report["global_step"] == 256 // (2 * 8)
-        assert report["find_unused_parameters"] is False  # train.py's default: no search for unused parameters
-    assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
-    assert json.loads((output_dir / "test_results.json").read_text())["test_exact_match"] >= 0
 
 
 FRESH_LOAD = """

@@ -1,0 +1,36 @@
+"""bench/learning.py: the length-generalisation comparison on a tiny budget, and the ablation's variants; the
+script's `main` runs in this process with a user's arguments (it times nothing here)."""
+
+import json
+
+import pytest
+
+from hf_tiny_transformer_train import train
+
+
+@pytest.mark.slow
+def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisation(bench, capsys, tmp_path):
+    output = tmp_path / "length.json"
+    bench("learning").main(["length", "--smoke", "--tasks", "copy", "--seeds", "1", "--output", str(output)])
+    printed = capsys.readouterr().out
+    report = json.loads(output.read_text())["length"]["copy"]
+    assert set(report) == {"ours, sinusoidal", "ours, learned", "ours, relative", "BART (learned)"}
+    for result in report.values():
+        assert set(result["exact_match"]) == {"1-25", "26-50", "51-100"}
+    assert "copy, ours, relative" in printed
+
+
+def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them(bench, capsys):
+    # Every variant's flags must be ones train.py accepts for its task, or the ablation would fail after an hour of
+    # runs.
+    learning = bench("learning")
+    for task in ("reverse", "sort"):
+        variants = learning.ablation_variants(task)
+        assert next(iter(variants.values())) == [], task  # the first row is the task's recipe itself
+        assert len(variants) >= 3 and all(list(variants.values())[1:]), task
+        for flags in variants.values():
+            train.parse_arguments(["--task", task, *flags])
+    with pytest.raises(SystemExit) as stopped:
+        learning.main(["ablation", "--tasks", "copy"])
+    assert stopped.value.code == 2
+    assert "the ablation covers reverse (the default task) and sort, not 'copy'" in capsys.readouterr().err

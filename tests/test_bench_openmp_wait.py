@@ -1,0 +1,23 @@
+"""bench/openmp_wait.py: both wait policies timed with and without a busy neighbour, each in its own process (OpenMP
+reads the policy once, as torch loads); the script's `main` runs in this process with a user's arguments."""
+
+import json
+
+import pytest
+
+
+def test_openmp_wait_policy_comparison_reports_both_policies_with_and_without_a_busy_neighbour(bench, capsys, tmp_path):
+    output = tmp_path / "report.json"
+    bench("openmp_wait").main(["--smoke", "--rows", "sort", "--repeats", "1", "--steps", "2", "--output", str(output)])
+    printed = capsys.readouterr().out
+    for row in ("sort step, CPUs otherwise free", "sort step, next to a busy process"):
+        assert row in printed
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["row"], row["busy_neighbour"]) for row in rows] == [("sort", False), ("sort", True)]
+    assert all(row["spin_ms"] > 0 and row["sleep_ms"] > 0 and row["sleep_over_spin"] > 0 for row in rows)
+
+
+def test_openmp_wait_policy_comparison_refuses_an_unknown_row(bench, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench("openmp_wait").main(["--rows", "sort,transpose"])
+    assert stopped.value.code == 2 and "--rows: unknown transpose" in capsys.readouterr().err

@@ -1,0 +1,39 @@
+"""bench/benchmark.py and bench/speed_paths.py on a tiny model with one repeat: every measurement is reported.
+
+They time nothing here (figures on a test machine mean nothing); they check that the commands in the README and
+bench/README.md work and print their tables. Each script's `main` runs in this process with a user's arguments.
+"""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_speed_benchmark_reports_every_measurement(bench, capsys, tmp_path):
+    output = tmp_path / "report.json"
+    bench("benchmark").main(["--smoke", "--sections", "training,generation,memory", "--output", str(output)])
+    printed = capsys.readouterr().out
+    report = json.loads(output.read_text())
+    counts = report["parameters"]["tiny"]
+    assert abs(counts["ours"] / counts["bart"] - 1) < 0.05  # both models get the same size
+    for name in ("ours", "bart"):
+        assert report["training"][0][name]["tokens_per_s"] > 0 and report["training"][0][name]["mfu"] > 0
+        assert all(result[name]["tokens_per_s"] > 0 for result in report["generation"])
+        assert report["per_token"][0][name]["ratio_256_to_32"] > 0
+        assert all(result[name]["peak_rss_delta_bytes"] > 0 for result in report["memory"])
+    for row in ("training tokens/s, tiny", "generation tokens/s, tiny, 4-beam, batch 32", "peak memory, training tiny"):
+        assert row in printed
+
+
+def test_speed_path_comparisons_run(bench, capsys):
+    bench("speed_paths").main(["--smoke", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    for what in (
+        "CPU dropout: training step",
+        "in-place cache: greedy, b2",
+        "lean step inputs",
+        "[in, out] projections",
+        "eager attention for bf16 on CPU: training step",
+    ):
+        assert what in printed
