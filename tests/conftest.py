@@ -14,6 +14,12 @@ import transformers  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 
+# Under pytest-xdist (scripts/test.sh) each core already runs a worker or its child processes: a worker's second
+# intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
+# tests ran up to 10x slower so). Child processes keep their own settings.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 
 
