@@ -4,7 +4,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-# One worker per core: most of the suite's time is child processes (training runs, launches, benchmarks), which
-# share the cores better than they use them one after another. A module's tests stay on one worker (loadscope), so
-# that a module-scoped run (a trained folder, an uninterrupted run) is made once. `-n 0` runs everything in this process.
-exec "$PY" -m pytest -n auto --dist loadscope "$@"
+# One worker per core, at most 8 (the suite has few long modules, and each worker holds torch and transformers):
+# most of the suite's time is child processes (training runs, launches, benchmarks) and imports, which share the
+# cores better than they take them in turn. A module's tests stay on one worker (loadscope), so that a module-scoped
+# run (a trained folder, an uninterrupted run) is made once. `-n 0` runs everything in this process.
+exec "$PY" -m pytest -n auto --maxprocesses 8 --dist loadscope "$@"
