@@ -33,40 +33,49 @@ def position_embedding_type(request) -> str:
 TINY_FIELDS = dict(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=64)
 
 
+def tiny_config(**overrides) -> TinyTransformerConfig:
+    """The tiny config; keyword arguments (the position scheme among them) override its fields."""
+    return TinyTransformerConfig(**{**TINY_FIELDS, **overrides})
+
+
+def seeded_model(
+    config: TinyTransformerConfig, seed: int = 0, attn_implementation: str | None = None
+) -> TinyTransformerForConditionalGeneration:
+    """A model of `config` with weights drawn after `torch.manual_seed(seed)`, in eval mode; `attn_implementation`
+    picks the attention backend."""
+    torch.manual_seed(seed)
+    model = TinyTransformerForConditionalGeneration(config).eval()
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
+    return model
+
+
 @pytest.fixture
 def make_config(position_embedding_type):
     """A tiny config with the position scheme of this run of the test; keyword arguments override its fields."""
 
     def make(**overrides) -> TinyTransformerConfig:
-        return TinyTransformerConfig(**{**TINY_FIELDS, "position_embedding_type": position_embedding_type, **overrides})
+        return tiny_config(**{"position_embedding_type": position_embedding_type, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def make_model(make_config):
+    """A seeded, tiny model in eval mode with the position scheme of this run of the test; `attn_implementation`
+    picks the attention backend."""
+
+    def make(attn_implementation: str | None = None, seed: int = 0, **overrides):
+        return seeded_model(make_config(**overrides), seed, attn_implementation)
 
     return make
 
 
 @pytest.fixture
 def tiny_model_of_each_scheme() -> dict[str, TinyTransformerForConditionalGeneration]:
-    """The tiny model, seeded, in eval mode, once per position scheme: for a test that checks them all in one new
-    process (each process costs seconds of imports)."""
-    models = {}
-    for scheme in POSITION_EMBEDDING_TYPES:
-        torch.manual_seed(0)
-        config = TinyTransformerConfig(**TINY_FIELDS, position_embedding_type=scheme)
-        models[scheme] = TinyTransformerForConditionalGeneration(config).eval()
-    return models
-
-
-@pytest.fixture
-def make_model(make_config):
-    """A seeded, tiny model in eval mode; `attn_implementation` picks the attention backend."""
-
-    def make(attn_implementation: str | None = None, seed: int = 0, **overrides):
-        torch.manual_seed(seed)
-        model = TinyTransformerForConditionalGeneration(make_config(**overrides)).eval()
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
-        return model
-
-    return make
+    """The seeded tiny model once per position scheme: for a test that checks them all in one new process (each
+    process costs seconds of imports)."""
+    return {scheme: seeded_model(tiny_config(position_embedding_type=scheme)) for scheme in POSITION_EMBEDDING_TYPES}
 
 
 @pytest.fixture
