@@ -41,7 +41,7 @@ PLUS = "+"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
@@ -71,8 +71,45 @@ def spaced_digits(number: int, width: int) -> str:
     return " ".join(str(number).zfill(width))
 
 
-def make_example(task: str, rng: np.random.Generator, min_length: int, max_length: int) -> dict[str, str]:
-    """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand."""
+def task_target(task: str, source: str) -> str:
+    """The right answer of `task` for `source`, both written as in the corpus."""
+    if task == "add":
+        left, right = (int(operand.replace(" ", "")) for operand in source.split(f" {PLUS} "))
+        max_length = len(source.split(f" {PLUS} ")[0].split())
+        return spaced_digits(left + right, max_length + 1)[::-1]
+    values = [int(word) for word in source.split()]
+    if task == "reverse":
+        values = values[::-1]
+    elif task == "sort":
+        values = sorted(values)
+    return " ".join(map(str, values))
+
+
+def draw_values(rng: np.random.Generator, length: int, repeated_values_share: float = 0.0) -> list[int]:
+    """`length` integers 0-99: uniform draws, or, with probability `repeated_values_share`, draws with repeats.
+
+    Uniform draws almost never hold a run or only a few distinct values, so a model trained on them alone can find a
+    token by its value instead of by its position, and fails on the inputs people type first (`5 5 5 5`, `1 2 1 2`).
+    The draws with repeats take their values from a random set of 1 to 100 values (its size log-uniform, so that one,
+    two or three values are as common as dozens), and each element repeats the one before it with a probability drawn
+    in [0, 1) (0: no runs); so every mix of repeats, runs and distinct values has its share of the corpus.
+    """
+    if repeated_values_share == 0 or rng.random() >= repeated_values_share:
+        return rng.integers(0, NUM_VALUES, length).tolist()
+    alphabet_size = int(np.exp(rng.uniform(0, np.log(NUM_VALUES + 1))))
+    alphabet = rng.choice(NUM_VALUES, size=max(1, min(alphabet_size, NUM_VALUES)), replace=False)
+    values = alphabet[rng.integers(0, len(alphabet), length)]
+    repeats = rng.random(length) < rng.uniform(0, 1)
+    for index in np.flatnonzero(repeats[1:]) + 1:
+        values[index] = values[index - 1]
+    return values.tolist()
+
+
+def make_example(
+    task: str, rng: np.random.Generator, min_length: int, max_length: int, repeated_values_share: float = 0.0
+) -> dict[str, str]:
+    """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand;
+    `repeated_values_share` is the share of sequences drawn with repeats (`draw_values`; not used by `add`)."""
     if task == "add":
         operands = []
         for _ in range(2):
@@ -81,19 +118,20 @@ def make_example(task: str, rng: np.random.Generator, min_length: int, max_lengt
             digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
             operands.append(int("".join(map(str, digits))))
         source = f"{spaced_digits(operands[0], max_length)} {PLUS} {spaced_digits(operands[1], max_length)}"
-        return {"source": source, "target": spaced_digits(sum(operands), max_length + 1)[::-1]}
-    values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
-    if task == "reverse":
-        target = values[::-1]
-    elif task == "sort":
-        target = sorted(values)
-    else:
-        target = values
-    return {"source": " ".join(map(str, values)), "target": " ".join(map(str, target))}
+        return {"source": source, "target": task_target(task, source)}
+    values = draw_values(rng, int(rng.integers(min_length, max_length + 1)), repeated_values_share)
+    source = " ".join(map(str, values))
+    return {"source": source, "target": task_target(task, source)}
 
 
 def generate_examples(
-    task: str, split: str, num_examples: int, min_length: int, max_length: int, seed: int
+    task: str,
+    split: str,
+    num_examples: int,
+    min_length: int,
+    max_length: int,
+    seed: int,
+    repeated_values_share: float = 0.0,
 ) -> Iterator[dict[str, str]]:
     """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`.
 
@@ -103,7 +141,7 @@ def generate_examples(
     rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
     found, seen = 0, set()
     for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
-        example = make_example(task, rng, min_length, max_length)
+        example = make_example(task, rng, min_length, max_length, repeated_values_share)
         if split_of(example["source"]) != split:
             continue
         if split != "train":
@@ -130,11 +168,15 @@ def build_corpus(
     max_length: int,
     longer_test_size: int = 0,
     longer_max_length: int | None = None,
+    repeated_values_share: float = 0.0,
     cache_dir: str | None = None,
 ) -> DatasetDict:
     """The corpus of `task` as a `DatasetDict` with `train`, `validation` and `test` splits of `source`/`target` texts,
     and, with `longer_test_size`, a `longer_test` split of held-out sources longer than any in training
     (`max_length` + 1 to `longer_max_length`), which measures how far the model generalises past what it saw.
+
+    A share `repeated_values_share` of the train and validation sequences is drawn with repeats (`draw_values`); the
+    test splits stay uniform draws, the design document's distribution (typed_inputs.py tests the inputs with repeats).
 
     Each split is written once by `Dataset.from_generator` to the datasets cache (`HF_DATASETS_CACHE`, or
     `cache_dir`). Its fingerprint is computed from the arguments and `CORPUS_VERSION`, so a second call with the
@@ -155,6 +197,8 @@ def build_corpus(
         if longer_max_length is None or longer_max_length <= max_length:
             raise ValueError(f"longer_max_length must exceed max_length {max_length}; got {longer_max_length}")
         splits["longer_test"] = ("test", longer_test_size, max_length + 1, longer_max_length)
+    if not 0 <= repeated_values_share <= 1:
+        raise ValueError(f"repeated_values_share must be a share in [0, 1]; got {repeated_values_share}")
     features = Features({"source": Value("string"), "target": Value("string")})
     corpus = {}
     for name, (split, size, shortest, longest) in splits.items():
@@ -165,6 +209,7 @@ def build_corpus(
             "min_length": shortest,
             "max_length": longest,
             "seed": seed,
+            "repeated_values_share": repeated_values_share if name in ("train", "validation") else 0.0,
         }
         description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
         corpus[name] = Dataset.from_generator(
