@@ -41,7 +41,7 @@ PLUS = "+"
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 4
+CORPUS_VERSION = 5
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
@@ -92,14 +92,17 @@ def draw_values(rng: np.random.Generator, length: int, repeated_values_share: fl
     token by its value instead of by its position, and fails on the inputs people type first (`5 5 5 5`, `1 2 1 2`).
     The draws with repeats take their values from a random set of 1 to 100 values (its size log-uniform, so that one,
     two or three values are as common as dozens), and each element repeats the one before it with a probability drawn
-    in [0, 1) (0: no runs); so every mix of repeats, runs and distinct values has its share of the corpus.
+    in [0, 1) anew at up to two random points of the sequence: so every mix of repeats, runs (anywhere, of any length,
+    among values that do not repeat) and distinct values has its share of the corpus.
     """
     if repeated_values_share == 0 or rng.random() >= repeated_values_share:
         return rng.integers(0, NUM_VALUES, length).tolist()
     alphabet_size = int(np.exp(rng.uniform(0, np.log(NUM_VALUES + 1))))
     alphabet = rng.choice(NUM_VALUES, size=max(1, min(alphabet_size, NUM_VALUES)), replace=False)
     values = alphabet[rng.integers(0, len(alphabet), length)]
-    repeats = rng.random(length) < rng.uniform(0, 1)
+    changes = np.sort(rng.integers(0, length, 2))
+    repeat_probability = rng.uniform(0, 1, 3)[np.searchsorted(changes, np.arange(length), side="right")]
+    repeats = rng.random(length) < repeat_probability
     for index in np.flatnonzero(repeats[1:]) + 1:
         values[index] = values[index - 1]
     return values.tolist()
