@@ -30,22 +30,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def environment(tmp: Path) -> dict[str, str]:
-    """No network and caches under `tmp`."""
-    return {
-        **os.environ,
-        "HF_HOME": str(tmp / "hf_home"),
-        "HF_DATASETS_CACHE": str(tmp / "datasets"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def run_training(tmp: Path, *flags: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
+def run_training(tmp: Path, env: dict[str, str], *flags: str) -> str:
     """Run train.py in a new process; return its combined output, failing the test with it if the run fails."""
     completed = subprocess.run(
-        [*launcher, str(TRAIN_SCRIPT), *flags],
-        env=environment(tmp),
+        [sys.executable, str(TRAIN_SCRIPT), *flags],
+        env=env,
         cwd=tmp,
         capture_output=True,
         text=True,
@@ -62,12 +51,12 @@ def log_history(output_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, environment) -> Path:
     """One short run shared by the tests that inspect, fine-tune or load its result."""
     tmp = tmp_path_factory.mktemp("trained")
     output_dir = tmp / "copy-model"
     run_training(
-        tmp, *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
+        tmp, environment(tmp), *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
         "--save_steps", "100", "--eval_on_start", "true", "--target_exact_match", "0.95",
     )  # fmt: skip
     return output_dir
@@ -291,7 +280,7 @@ def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained)
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
+def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path, environment):
     output_dir = tmp_path / "fine-tuned"
     flags = list(TINY)
     # Size flags belong to a new model; the checkpoint brings its own.
@@ -299,7 +288,7 @@ def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
         index = flags.index(name)
         del flags[index : index + 2]
     run_training(
-        tmp_path, *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
+        tmp_path, environment(tmp_path), *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
         "--max_steps", "20", "--eval_steps", "20", "--eval_on_start", "true", "--learning_rate", "1e-4",
     )  # fmt: skip
     start = next(entry for entry in log_history(output_dir) if "eval_exact_match" in entry)
@@ -333,7 +322,9 @@ print(json.dumps({{
 
 
 @pytest.mark.slow
-def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_examples(trained, tmp_path):
+def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_examples(
+    trained, tmp_path, environment
+):
     # Sources that hash into the test split never occur in any training split (see data.py).
     held_out = [example["source"] for example in generate_examples("copy", "test", 32, 1, 4, seed=1234)]
     source_folders = {os.path.realpath(REPO / name) for name in ("", "train", "tests", "hf_tiny_transformer")}

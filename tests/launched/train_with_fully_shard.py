@@ -26,7 +26,7 @@ from torch.distributed.fsdp import fully_shard
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train.data import build_tokenizer, generate_examples
 
-FSDP_CONFIG = Path(__file__).resolve().parents[1] / "train" / "accelerate" / "fsdp.yaml"
+FSDP_CONFIG = Path(__file__).resolve().parents[2] / "train" / "accelerate" / "fsdp.yaml"
 
 
 def wrap_policy() -> tuple[list[str], bool]:
