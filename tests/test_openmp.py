@@ -28,6 +28,12 @@ def test_a_policy_the_user_set_is_kept_and_the_load_not_measured():
     assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
+def test_one_thread_per_process_needs_no_policy_and_no_measurement():
+    environ = {"OMP_NUM_THREADS": "1"}
+    assert choose_wait_policy(environ, must_not_measure) is None
+    assert environ == {"OMP_NUM_THREADS": "1"}
+
+
 def test_busy_cpus_make_idle_threads_sleep():
     environ = {}
     assert choose_wait_policy(environ, lambda: BUSY_CPUS_THRESHOLD) == "PASSIVE"
@@ -99,7 +105,7 @@ def test_python_train_py_chooses_the_policy_before_it_trains(load, restarted):
         f"sys.argv = [{str(TRAIN_SCRIPT)!r}, '--help']\n"
         f"runpy.run_path({str(TRAIN_SCRIPT)!r}, run_name='__main__')\n"
     )
-    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    environment = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     completed = subprocess.run(
         [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=300, check=False
     )

@@ -55,8 +55,11 @@ def choose_wait_policy(
 ) -> str | None:
     """Where the user set no policy, set `OMP_WAIT_POLICY=PASSIVE` in `environ` if other processes keep at least
     BUSY_CPUS_THRESHOLD CPUs busy (`measure_other_load`). Returns the policy OpenMP will use (None: libgomp's default,
-    spinning)."""
-    if "OMP_WAIT_POLICY" not in environ and measure_other_load() >= BUSY_CPUS_THRESHOLD:
+    spinning). With one thread per process (`OMP_NUM_THREADS=1`, as the tests and torchrun's ranks run) no thread
+    ever waits idle: nothing is measured or set."""
+    if "OMP_WAIT_POLICY" in environ or environ.get("OMP_NUM_THREADS") == "1":
+        return environ.get("OMP_WAIT_POLICY")
+    if measure_other_load() >= BUSY_CPUS_THRESHOLD:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return environ.get("OMP_WAIT_POLICY")
 
@@ -67,7 +70,5 @@ def restart_with_wait_policy(environ: MutableMapping[str, str] = os.environ) -> 
     it). By the time a script's `__main__` block runs, its imports have loaded torch, whose OpenMP runtime
     has read the environment already; the new program reads the policy as torch loads. It happens at most once (the
     policy is then set) and only where the CPUs are busy: on free CPUs nothing is set and nothing restarts."""
-    if "OMP_WAIT_POLICY" in environ:
-        return
-    if choose_wait_policy(environ) is not None:
+    if "OMP_WAIT_POLICY" not in environ and choose_wait_policy(environ) is not None:
         os.execv(sys.executable, sys.orig_argv)  # orig_argv keeps the interpreter's own options (torchrun's -u)
