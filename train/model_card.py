@@ -413,10 +413,9 @@ def recipe_lines(data_args: DataArguments) -> str:
     return f"- Recipe: `{shown}`" + (f", with {changed} from the command line." if changed else ", as it is.")
 
 
-def stopping_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArguments, run: RunRecord) -> str:
-    """When training stopped and why, and the length curriculum; "" where the run took all its steps plainly."""
-    state, lines = run.trainer_state, []
-    stopped_early = state.global_step < state.max_steps
+def stop_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArguments, state: TrainerState) -> list[str]:
+    """Why training stopped, where a rule other than the step count could stop it; no line where it took all steps."""
+    lines, stopped_early = [], state.global_step < state.max_steps
     if data_args.early_stopping_patience and state.best_metric is not None:
         metric = training_args.metric_for_best_model
         if stopped_early:
@@ -433,13 +432,7 @@ def stopping_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArgum
             f"- Stopped at step {state.global_step}, the first evaluation whose validation exact match "
             f"reached the target of {data_args.target_exact_match:.1%}."
         )
-    if run.curriculum_steps:
-        lines.append(
-            f"- Length curriculum: during the first {run.curriculum_steps} steps, three quarters of each batch are "
-            "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
-            "quarter among all."
-        )
-    return "".join(f"\n{line}" for line in lines)
+    return lines
 
 
 def training_section(
@@ -459,11 +452,15 @@ def training_section(
         if training_args.max_steps > 0
         else f"{training_args.num_train_epochs:g} epochs"
     )
-    state = run.trainer_state
-    stops_early = data_args.early_stopping_patience and state.best_metric is not None
-    if stops_early or (data_args.target_exact_match and state.global_step < state.max_steps):
+    lines = stop_lines(data_args, training_args, run.trainer_state)
+    if lines:
         steps = f"at most {steps}"
-    stopping = stopping_lines(data_args, training_args, run)
+    if run.curriculum_steps:
+        lines.append(
+            f"- Length curriculum: during the first {run.curriculum_steps} steps, three quarters of each batch are "
+            "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
+            "quarter among all."
+        )
     return f"""## Training
 
 ```bash
@@ -473,7 +470,8 @@ def training_section(
 {recipe_lines(data_args)}
 - Data: {data.training_data}
 - Optimisation: AdamW, learning rate {training_args.learning_rate:g}, {schedule} schedule with
-  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.{stopping}
+  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.
+{chr(10).join(lines)}
 
 ![Training and validation curves](training_curves.png)"""
 
