@@ -38,6 +38,7 @@ from bench.common import (
     summarize,
     text_table,
 )
+from hf_tiny_transformer import TinyTransformerConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,12 @@ class Size:
     dropout: float = 0.1  # both libraries' default
 
 
-SMALL = Size("small", d_model=128, layers=2, heads=4, ffn_dim=512)
+# train.py's model: TinyTransformerConfig's default size, the one place it is written.
+_DEFAULT = TinyTransformerConfig()
+SMALL = Size(
+    "small", d_model=_DEFAULT.d_model, layers=_DEFAULT.encoder_layers, heads=_DEFAULT.num_attention_heads,
+    ffn_dim=_DEFAULT.ffn_dim,
+)  # fmt: skip
 MEDIUM = Size("medium", d_model=512, layers=6, heads=8, ffn_dim=2048)
 # `--smoke`: every measurement once on a model of a few thousand parameters, to check that the script runs.
 TINY = Size("tiny", d_model=16, layers=1, heads=2, ffn_dim=32, vocab_size=32, max_positions=300)
