@@ -140,7 +140,8 @@ def test_a_recipe_file_of_ones_own_starts_the_run_and_flags_still_override_it(tm
     model_args, data_args, training_args = train.parse_arguments(["--recipe", str(path), "--max_steps", "9"])
     assert (data_args.task, data_args.max_length, training_args.output_dir) == ("copy", 8, "mine")
     assert training_args.learning_rate == 1e-3  # YAML reads 1e-3 as text: converted as the flag would be
-    assert training_args.max_steps == 9 and data_args.recipe_overrides == {"recipe": str(path), "max_steps": 9}
+    assert training_args.max_steps == 9 and data_args.recipe_overrides == {"max_steps": 9}
+    assert data_args.recipe == str(path)
 
 
 @pytest.mark.parametrize(

@@ -377,7 +377,9 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq
         values["recipe"] = str(path)
         model_args, data_args, training_args = parser.parse_dict(values)
         drop_recipe_values_that_cannot_apply(data_args, training_args, flags)
-        data_args.recipe_overrides = {name: value for name, value in flags.items() if recipe.get(name) != value}
+        data_args.recipe_overrides = {
+            name: value for name, value in flags.items() if name != "recipe" and recipe.get(name) != value
+        }
         check_arguments(model_args, data_args, training_args)
     except ValueError as error:
         parser.error(str(error))
