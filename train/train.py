@@ -47,8 +47,10 @@ from transformers import (
 from hf_tiny_transformer import TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train.arguments import (
     DataArguments,
+    DataSourceArguments,
     ModelArguments,
     checkpoint_config,
+    flag_names,
     new_model_config,
     parse_arguments,
 )
@@ -113,11 +115,9 @@ def prepare_user_data(
     and tokenize the data. Raises ValueError, naming the file, column or row, for anything that cannot work; writes
     nothing to the output folder."""
     wanted = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
+    sources = {name: getattr(data_args, name) for name in flag_names(DataSourceArguments)}  # train_file, ...
     data = load_user_data(
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        dataset_name=data_args.dataset_name,
+        **sources,
         dataset_config_name=data_args.dataset_config_name,
         source_column=data_args.source_column,
         target_column=data_args.target_column,
