@@ -2,9 +2,11 @@
 checks that stop a run whose flags cannot work, in one line, before anything is built.
 
 A run starts from a recipe (`recipes/<task>.yaml` for a built-in task, `recipes/user_data.yaml` for your own data,
-or your own file with `--recipe`); the flags on the command line override its values. A flag is one dataclass field;
-its `for` metadata says what it describes where that rules it out elsewhere (the size of a new model means nothing
-for a checkpoint, which brings its own).
+or your own file with `--recipe`); the flags on the command line override its values. A flag is one dataclass field.
+The dataclass it is in says what it describes where that rules it out elsewhere: the size of a new model
+(NewModelArguments) means nothing for a checkpoint, which brings its own; the synthetic corpus's flags
+(SyntheticDataArguments) nothing for your own data. `HfArgumentParser` reads the three classes of
+transformers' example scripts: ModelArguments, DataArguments (which hold those groups) and Seq2SeqTrainingArguments.
 """
 
 import argparse
