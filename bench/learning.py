@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """How fast and how far TinyTransformer learns the built-in tasks, and transformers' BART beside it.
 
-    python bench/learning.py commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
-    python bench/learning.py ablation   # the default task (or --tasks sort) with each part of its recipe undone
-    python bench/learning.py bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
-    python bench/learning.py length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
+    python -m bench.learning commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
+    python -m bench.learning ablation   # the default task (or --tasks sort) with each part of its recipe undone
+    python -m bench.learning bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
+    python -m bench.learning length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
 
 `commands` and `ablation` time the whole command a user runs, in a fresh process with a fresh datasets cache (so the
 corpus is built as on a new machine), and read its test exact match from the output folder. `bart` and `length`
-train in this process with train.py's recipe for the task (its defaults: learning rate, schedule, warm-up, batch
+train in this process with train.py's recipe for the task (train/recipes/<task>.yaml: learning rate, schedule, warm-up, batch
 size, length curriculum and then batches drawn from all lengths, gradient clipping, stop at the validation target),
 ours and BART on the same batches, alternating every evaluation interval so that machine noise hits both; `length`
 caps each model's training in steps (--max_steps), so that its table does not depend on the machine's speed.
@@ -17,7 +17,6 @@ prints tables and writes JSON; it never asserts.
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -26,16 +25,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from transformers import GenerationConfig
 
-from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer_train import train as train_script
+from bench.common import MODEL_NAMES, REPOSITORY, Report, build_model, make_optimizer, text_table
+from hf_tiny_transformer_train.arguments import (
+    DEFAULT_TASK,
+    NewModelArguments,
+    flag_names,
+    new_model_config,
+    parse_arguments,
+)
 from hf_tiny_transformer_train.data import (
     build_corpus,
     build_tokenizer,
@@ -46,23 +51,8 @@ from hf_tiny_transformer_train.data import (
 )
 from hf_tiny_transformer_train.metrics import sequence_metrics
 
-from reports import write_report
-
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
+TRAIN_SCRIPT = REPOSITORY / "train" / "train.py"
 TASKS = ("copy", "reverse", "sort")
-MODEL_NAMES = ("ours", "bart")
-
-
-def table(rows: list[tuple]) -> str:
-    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = (str(cell).ljust(width) if column == 0 else str(cell).rjust(width) for column, (cell, width) in
-                 enumerate(zip(row, widths)))  # fmt: skip
-        lines.append("  ".join(cells))
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def median_or_never(values: list[float | None]) -> float | None:
@@ -126,13 +116,12 @@ def describe_summary(summary: dict) -> tuple[str, str, str, str]:
     )
 
 
-def benchmark_commands(tasks: list[str], seeds: list[int]) -> dict:
+def benchmark_commands(tasks: list[str], seeds: list[int]) -> tuple[dict, str]:
     report = {task: summarize_runs([run_command(["--task", task], seed) for seed in seeds]) for task in tasks}
     rows = [("command", "wall time, median (min-max)", "steps", "lowest test exact match", "seeds >= 99%")]
     for task, summary in report.items():
         rows.append((f"python train/train.py --task {task}", *describe_summary(summary)))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 def ablation_variants(task: str) -> dict[str, list[str]]:
@@ -177,33 +166,36 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def benchmark_ablation(task: str, seeds: list[int]) -> dict:
+def benchmark_ablation(task: str, seeds: list[int]) -> tuple[dict, str]:
     report = {}
     variants = ablation_variants(task)
     for name, flags in variants.items():
         report[name] = summarize_runs([run_command(["--task", task, *flags], seed) for seed in seeds])
     baseline = report[next(iter(variants))].get("wall_s")  # the first variant is the recipe itself
-    rows = [(f"{task}, length {train_script.COMMON_DEFAULTS['max_length']}", "wall time, median (min-max)", "steps",
+    rows = [(f"{task}, length {Recipe.for_task(task).max_length}", "wall time, median (min-max)", "steps",
              "lowest test exact match", "seeds >= 99%", "time / recipe's")]  # fmt: skip
     for name, summary in report.items():
         ratio = f"{summary['wall_s'] / baseline:.2f}x" if baseline and "wall_s" in summary else ""
         rows.append((name, *describe_summary(summary), ratio))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 # ----------------------------------------------------------------------------------- training in this process
 @dataclass
 class Recipe:
-    """train.py's defaults for a task (COMMON_DEFAULTS updated by TASK_DEFAULTS)."""
+    """train.py's values for a task: its recipe file overridden by `overrides` (flag name -> value), parsed as
+    `python train/train.py --task T --name value ...` parses them, with the new model's size filled in."""
 
     task: str
-    hyper: dict = field(default_factory=dict)
+    hyper: dict
 
     @classmethod
     def for_task(cls, task: str, **overrides) -> "Recipe":
-        defaults = {"max_grad_norm": 1.0}  # the Trainer's, which train.py keeps
-        return cls(task, {**defaults, **train_script.COMMON_DEFAULTS, **train_script.TASK_DEFAULTS[task], **overrides})
+        flags = [item for name, value in overrides.items() for item in (f"--{name}", str(value))]
+        model_args, data_args, training_args = parse_arguments(["--task", task, *flags])
+        config = new_model_config(model_args, build_tokenizer())
+        sizes = {name: getattr(config, name) for name in flag_names(NewModelArguments)}
+        return cls(task, {**training_args.to_dict(), **vars(data_args), **sizes})
 
     def __getattr__(self, name):
         try:
@@ -212,37 +204,14 @@ class Recipe:
             raise AttributeError(name) from None
 
 
-def build_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
-    """Ours (with the recipe's positions unless given) or BART, of the recipe's size, tied embeddings, GELU."""
-    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-    torch.manual_seed(seed)
-    if name == "bart":
-        config = BartConfig(
-            vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
-            decoder_layers=recipe.decoder_layers, encoder_attention_heads=recipe.num_attention_heads,
-            decoder_attention_heads=recipe.num_attention_heads, encoder_ffn_dim=recipe.ffn_dim,
-            decoder_ffn_dim=recipe.ffn_dim, max_position_embeddings=recipe.max_position_embeddings,
-            dropout=recipe.dropout, attention_dropout=0.0, activation_dropout=0.0, activation_function="gelu",
-            forced_eos_token_id=None, **special,
-        )  # fmt: skip
-        return BartForConditionalGeneration(config)
-    config = TinyTransformerConfig(
-        vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
+def recipe_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
+    """Ours (with the recipe's positions unless given) or BART, of the recipe's size (bench.common.build_model)."""
+    return build_model(
+        name, vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
         decoder_layers=recipe.decoder_layers, num_attention_heads=recipe.num_attention_heads, ffn_dim=recipe.ffn_dim,
-        max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout, activation_function="gelu",
-        position_embedding_type=position_embedding_type or recipe.position_embedding_type, **special,
+        max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout,
+        position_embedding_type=position_embedding_type or recipe.position_embedding_type, seed=seed,
     )  # fmt: skip
-    return TinyTransformerForConditionalGeneration(config)
-
-
-def make_optimizer(model, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW as the Trainer builds it (no decay on biases and norms)."""
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def pad_batch(rows: list[list[int]], pad: int) -> torch.Tensor:
@@ -292,7 +261,8 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     state = {}
     for name, model in models.items():
         model.train()
-        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay)
+        # Unfused AdamW, as the figures in bench/README.md were measured.
+        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay, fused=False)
         warmup = recipe.warmup_steps if recipe.warmup_steps >= 1 else math.ceil(recipe.warmup_steps * recipe.max_steps)
         scheduler = transformers.get_scheduler(recipe.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                                                num_training_steps=recipe.max_steps)  # fmt: skip
@@ -339,7 +309,7 @@ def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[in
     return len(tokenizer), splits
 
 
-def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_size: int) -> dict:
+def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_size: int) -> tuple[dict, str]:
     """Ours and BART on the length-50 tasks with train.py's recipe: time to the validation target, and the test
     exact match reached (or the best within the budget)."""
     report = {}
@@ -348,7 +318,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
         runs = []
         for seed in seeds:
             vocab_size, splits = task_splits(recipe, seed, test_size)
-            models = {name: build_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
+            models = {name: recipe_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
             result = train_side_by_side(models, recipe, splits, seed, budget_s, recipe.target_exact_match)
             longest = target_length(task, recipe.max_length) + 1
             for name, model in models.items():
@@ -361,7 +331,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
                 file=sys.stderr,
                 flush=True,
             )
-        report[task] = {"runs": runs, "recipe": {key: str(value) for key, value in recipe.hyper.items()}}
+        report[task] = {"runs": runs, "recipe": {"file": recipe.recipe, "overrides": recipe.recipe_overrides}}
         for name in MODEL_NAMES:
             report[task][name] = {
                 "train_s": median_or_never([run[name]["reached"] and run[name]["reached"]["train_s"] for run in runs]),
@@ -380,8 +350,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
                       f"not within {budget_s:.0f} s{reached}", f"{figures['test_exact_match']:.1%}"]  # fmt: skip
         ratio = result["ours"]["train_s"] / result["bart"]["train_s"] if result["bart"]["train_s"] else None
         rows.append((task, *cells, f"{ratio:.2f}x" if ratio and result["ours"]["train_s"] else ""))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 def describe_reached(run: dict) -> str:
@@ -400,7 +369,7 @@ LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "
 
 def benchmark_length(
     tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, smoke: bool = False
-) -> dict:
+) -> tuple[dict, str]:
     """Trained on 1-25 with each task's recipe (to the validation target, at most `max_steps` steps: a budget in steps,
     so that the figures do not depend on the machine's speed or load), tested on held-out sources of 1-25, 26-50 and
     51-100."""
@@ -417,7 +386,7 @@ def benchmark_length(
         report[task] = {}
         for label, scheme in LENGTH_MODELS.items():
             name = "bart" if scheme is None else "ours"
-            model = build_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
+            model = recipe_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
             scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
             for shortest, longest in LENGTH_RANGES:
@@ -432,8 +401,7 @@ def benchmark_length(
             steps = result["reached"]["step"] if result["reached"] else "target not reached"
             scores = result["exact_match"]
             rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ("1-25", "26-50", "51-100"))))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -454,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     if args.tasks is None:
-        tasks = [train_script.DEFAULT_TASK] if args.section == "ablation" else list(TASKS)
+        tasks = [DEFAULT_TASK] if args.section == "ablation" else list(TASKS)
     else:
         tasks = args.tasks.split(",")
     if args.section == "ablation":
@@ -464,31 +432,21 @@ def main(argv: list[str] | None = None) -> dict:
             except ValueError as error:
                 parser.error(str(error))
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    started = time.perf_counter()
-    report = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "section": args.section,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_start": os.getloadavg(),
-    }
+    report = Report(args.section)
     if args.section == "commands":
-        report["commands"] = benchmark_commands(tasks, seeds)
+        report["commands"], table = benchmark_commands(tasks, seeds)
     elif args.section == "ablation":
-        report["ablation"] = {task: benchmark_ablation(task, seeds) for task in tasks}
+        ablations = {task: benchmark_ablation(task, seeds) for task in tasks}
+        report["ablation"] = {task: ablation for task, (ablation, _) in ablations.items()}
+        table = "\n\n".join(text for _, text in ablations.values())
     elif args.section == "bart":
-        report["bart"] = benchmark_bart(tasks, seeds, args.budget, args.test_size)
+        report["bart"], table = benchmark_bart(tasks, seeds, args.budget, args.test_size)
     else:
         test_size = 10 if args.smoke else args.test_size
-        report["length"] = benchmark_length(tasks, seeds[0], args.budget, test_size, args.max_steps, smoke=args.smoke)
-    report["load_average_end"] = os.getloadavg()
-    report["wall_s"] = time.perf_counter() - started
-    print(
-        f"{report['date']}  torch {torch.__version__}, transformers {transformers.__version__}; load average "
-        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {report['wall_s']:.0f} s"
-    )
-    write_report(args.output, report)
+        report["length"], table = benchmark_length(
+            tasks, seeds[0], args.budget, test_size, args.max_steps, smoke=args.smoke
+        )
+    report.finish(table, f"section {args.section}, seeds {args.seeds}", args.output)
     return report
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What each speed path of hf_tiny_transformer/fast_paths_tiny_transformer.py is worth on a path users run.
 
-    python bench/speed_paths.py [--threads 1] [--repeats 15]
+    python -m bench.speed_paths [--threads 1] [--repeats 15]
 
 Each row times one user path (a training step with the config's default dropout 0.1, greedy generation) with the
 speed path and with the plain code it replaces, on the same model and inputs, the two alternating; it prints the
@@ -24,10 +24,9 @@ import transformers
 from transformers import GenerationConfig, GenerationMixin
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
+from bench.common import alternate
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.fast_paths_tiny_transformer import TinyTransformerProjection
-
-from timing import alternate
 
 SMALL = dict(vocab_size=128, d_model=128, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=512)
 SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32)

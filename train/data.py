@@ -23,7 +23,7 @@ source never appears in train, whatever the seed or the split sizes. Validation 
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow.compute
@@ -127,25 +127,20 @@ def make_example(
     return {"source": source, "target": task_target(task, source)}
 
 
-def generate_examples(
-    task: str,
-    split: str,
-    num_examples: int,
-    min_length: int,
-    max_length: int,
-    seed: int,
-    repeated_values_share: float = 0.0,
+def draw_split(
+    draw: Callable[[], dict[str, str]], split: str, num_examples: int, owner: str = "source"
 ) -> Iterator[dict[str, str]]:
-    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`.
+    """Yield `num_examples` examples of `split` from calls of `draw`: those whose `owner` text (the source, or for
+    make_dates.py the date its sources spell) hashes into `split` (split_of), so that no held-out owner occurs in
+    training. Raises ValueError where too few distinct sources exist.
 
     Validation and test sources are distinct: where few sources exist (one-digit sums, one-integer sequences),
     repeats would otherwise fill the evaluation with copies of the same handful of examples.
     """
-    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
     found, seen = 0, set()
     for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
-        example = make_example(task, rng, min_length, max_length, repeated_values_share)
-        if split_of(example["source"]) != split:
+        example = draw()
+        if split_of(example[owner]) != split:
             continue
         if split != "train":
             if example["source"] in seen:
@@ -155,10 +150,31 @@ def generate_examples(
         found += 1
         if found == num_examples:
             return
-    raise ValueError(
-        f"found only {found} of {num_examples} {split} examples for task {task!r} with lengths "
-        f"{min_length}..{max_length}: too few distinct sources; widen the length range or ask for fewer examples"
-    )
+    raise ValueError(f"found only {found} of {num_examples} {split} examples: too few distinct sources")
+
+
+def generate_examples(
+    task: str,
+    split: str,
+    num_examples: int,
+    min_length: int,
+    max_length: int,
+    seed: int,
+    repeated_values_share: float = 0.0,
+) -> Iterator[dict[str, str]]:
+    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`."""
+    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
+
+    def draw() -> dict[str, str]:
+        return make_example(task, rng, min_length, max_length, repeated_values_share)
+
+    try:
+        yield from draw_split(draw, split, num_examples)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} for task {task!r} with lengths {min_length}..{max_length}; widen the length range or ask for "
+            "fewer examples"
+        ) from None
 
 
 def build_corpus(

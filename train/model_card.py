@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainerState
 
+from hf_tiny_transformer_train.arguments import RECIPES, DataArguments, ModelArguments, NewModelArguments, flag_names
 from hf_tiny_transformer_train.data import spaced_digits
 from hf_tiny_transformer_train.user_data import UserData
 
@@ -174,14 +175,13 @@ def describe_length_generalisation(
 
 
 def describe_synthetic_data(
-    task: str,
-    min_length: int,
-    max_length: int,
+    data_args: DataArguments,
     longer_max_length: int | None,
     seed: int,
     model: PreTrainedModel,
     metrics: dict[str, float],
 ) -> DataDescription:
+    task, min_length, max_length = data_args.task, data_args.min_length, data_args.max_length
     length_unit = "digits per operand" if task == "add" else "integers per sequence"
     input_format = (
         f"two numbers written digit by digit with leading zeros to {max_length} digits, separated by spaces, with "
@@ -274,44 +274,38 @@ def truncation_note(truncated: tuple[int, int]) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def write_model_card(
-    path: Path,
-    *,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: str | None,
-    min_length: int | None,
-    max_length: int | None,
-    training_args: Seq2SeqTrainingArguments,
-    longer_max_length: int | None = None,
-    metrics: dict[str, float],
-    argv: list[str],
-    base_model: str | None,
-    attention_example: dict[str, str],
-    test_examples: Dataset,
-    wall_time: float,
-    hub_repo_id: str | None,
-    user_data: UserData | None = None,
-    tokenizer_description: str | None = None,
-    early_stopping_patience: int | None = None,
-    trainer_state: TrainerState | None = None,
-    target_exact_match: float | None = None,
-    curriculum_steps: int = 0,
-) -> None:
-    """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
-    training, results, attention figure and limitations of the model in `path`'s folder. The data are the built-in
-    `task`'s synthetic corpus, or `user_data` (then `task`, `min_length` and `max_length` are None). With
-    `early_stopping_patience` or `target_exact_match`, `trainer_state` tells when training stopped and which checkpoint
-    was kept; `curriculum_steps` are the first steps of the length curriculum."""
-    name = Path(training_args.output_dir).absolute().name
-    config = model.config
-    if user_data is None:
-        data = describe_synthetic_data(
-            task, min_length, max_length, longer_max_length, training_args.seed, model, metrics
-        )
-    else:
-        data = describe_user_data(user_data, tokenizer_description, model, metrics)
-    measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
+@dataclass
+class RunRecord:
+    """What a finished run knows beyond its arguments, for the model card."""
+
+    argv: list[str]  # the command line's flags
+    metrics: dict[str, float]  # every split's metrics, as the Trainer saved them ("test_exact_match", ...)
+    trainer_state: TrainerState  # when training stopped, and the checkpoint kept
+    examples: Dataset  # held-out examples with "source" and "target"; the card shows the model's answers to three
+    attention_example: dict[str, str]  # the example of the attention figure, with the model's "prediction"
+    user_data: UserData | None  # None: a built-in task's synthetic corpus
+    longer_max_length: int | None  # the longer test's longest sources (None: no longer test)
+    curriculum_steps: int  # the steps of the length curriculum (0: none)
+    hub_repo_id: str | None  # where the folder is pushed, if it is
+    wall_time: float  # seconds, the whole command
+
+
+def describe_tokenizer(model_args: ModelArguments, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where the tokenizer came from."""
+    if data_args.tokenizer_name is not None:
+        return f"`{data_args.tokenizer_name}` ({len(tokenizer):,} tokens)"
+    if model_args.model_name_or_path is not None:
+        return f"the tokenizer of `{model_args.model_name_or_path}` ({len(tokenizer):,} tokens)"
+    if model_args.tokenizer_type is not None:
+        kind = "byte-level BPE" if model_args.tokenizer_type == "bpe" else "word-level"
+        return f"{kind}, {len(tokenizer):,} tokens, trained on the training split"
+    return f"the built-in word-level tokenizer ({len(tokenizer):,} tokens)"
+
+
+def metadata(
+    name: str, data: DataDescription, base_model: str | None, metrics: dict[str, float], measured: list[str]
+) -> ModelCardData:
+    """The card's Hub metadata, with the model-index of the measured test metrics."""
     eval_results = [
         EvalResult(
             task_type="text2text-generation",
@@ -327,7 +321,7 @@ def write_model_card(
         for key in measured
         if f"test_{key}" in metrics
     ]
-    card_data = ModelCardData(
+    return ModelCardData(
         model_name=name,
         library_name="transformers",
         license="apache-2.0",
@@ -340,89 +334,33 @@ def write_model_card(
         eval_results=eval_results or None,
     )
 
-    size = ", ".join(
-        f"{field} {getattr(config, field)}"
-        for field in (
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "num_attention_heads",
-            "ffn_dim",
-            "position_embedding_type",
-            "norm_position",
-        )
-        if hasattr(config, field)
-    )
-    load_path = hub_repo_id or str(Path(training_args.output_dir))
-    samples = [test_examples[index] for index in range(min(3, len(test_examples)))]
-    predictions = predict(model, tokenizer, [sample["source"] for sample in samples])
-    command = "python train/train.py" + ("" if not argv else " " + shlex.join(argv))
-    if training_args.world_size > 1:
-        command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
-    started_from = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
-    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
-    global_batch = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
-    )
-    warmup = (
-        f"{training_args.warmup_steps:g} of the steps in warmup"
-        if 0 < training_args.warmup_steps < 1
-        else f"{training_args.warmup_steps:g} warmup steps"
-    )
-    steps = (
-        f"{training_args.max_steps} steps"
-        if training_args.max_steps > 0
-        else f"{training_args.num_train_epochs:g} epochs"
-    )
-    stopping = ""
-    if early_stopping_patience and trainer_state is not None and trainer_state.best_metric is not None:
-        metric = training_args.metric_for_best_model
-        steps = f"at most {steps}"
-        if trainer_state.global_step < trainer_state.max_steps:
-            ended = f"stopped after {trainer_state.global_step} steps: validation {metric} had not improved for"
-        else:
-            ended = f"ran all {trainer_state.global_step} steps: validation {metric} never went without improving for"
-        stopping = (
-            f"\n- Early stopping: training {ended} {early_stopping_patience} evaluations. The model is the checkpoint "
-            f"of step {trainer_state.best_global_step}, whose validation {metric} was the best "
-            f"({trainer_state.best_metric:.4g})."
-        )
 
-    if target_exact_match and trainer_state is not None and trainer_state.global_step < trainer_state.max_steps:
-        steps = f"at most {steps}"
-        stopping += (
-            f"\n- Stopped at step {trainer_state.global_step}, the first evaluation whose validation exact match "
-            f"reached the target of {target_exact_match:.1%}."
-        )
-    if curriculum_steps:
-        stopping += (
-            f"\n- Length curriculum: during the first {curriculum_steps} steps, three quarters of each batch are drawn "
-            "among the sequences no longer than a cap that grows from the shortest length to the longest, a quarter "
-            "among all."
-        )
+def metrics_table(metrics: dict[str, float], rows: list[tuple[str, str]], measured: list[str]) -> str:
+    """A markdown table of `measured` metrics, one row per (metric key prefix, label) of `rows` that has samples."""
 
-    def figure(split: str, key: str) -> str:
-        value = metrics.get(f"{split}_{key}")
+    def figure(prefix: str, key: str) -> str:
+        value = metrics.get(f"{prefix}_{key}")
         if value is None:
             return "not measured"
         return f"{100 * value:.2f}%" if key in PERCENT_METRICS else f"{value:.2f}"
 
-    table = "\n".join(
-        [
-            "| split | examples | " + " | ".join(METRICS[key][2] for key in measured) + " |",
-            "| --- | --- |" + " --- |" * len(measured),
-            *(
-                f"| {label} | {metrics.get(f'{split}_samples', '-')} | "
-                + " | ".join(figure(split, key) for key in measured)
-                + " |"
-                for split, label in (
-                    ("test", "test (held out)"),
-                    ("eval", "validation"),
-                    ("longer_test", f"longer inputs, {(max_length or 0) + 1}-{longer_max_length} (held out)"),
-                )
-                if f"{split}_samples" in metrics
-            ),
-        ]
+    lines = [
+        "| split | examples | " + " | ".join(METRICS[key][2] for key in measured) + " |",
+        "| --- | --- |" + " --- |" * len(measured),
+    ]
+    for prefix, label in rows:
+        if f"{prefix}_samples" in metrics:
+            figures = " | ".join(figure(prefix, key) for key in measured)
+            lines.append(f"| {label} | {metrics[f'{prefix}_samples']} | {figures} |")
+    return "\n".join(lines)
+
+
+def results_section(
+    metrics: dict[str, float], measured: list[str], data_args: DataArguments, run: RunRecord, hardware: str
+) -> str:
+    longer = f"longer inputs, {(data_args.max_length or 0) + 1}-{run.longer_max_length} (held out)"
+    table = metrics_table(
+        metrics, [("test", "test (held out)"), ("eval", "validation"), ("longer_test", longer)], measured
     )
     text_metrics_note = (
         " chrF and BLEU are sacrebleu's corpus scores (0-100) of the decoded answers against the decoded targets;"
@@ -430,26 +368,22 @@ def write_model_card(
         if "chrf" in measured or "bleu" in measured
         else ""
     )
-    example_rows = "\n".join(
-        f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
-        for sample, prediction in zip(samples, predictions)
-    )
-    body = f"""
-# {name}
-
-A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
-`train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).
-
-## Results
+    return f"""## Results
 
 Greedy decoding; exact match means the whole output sequence, up to and including `</s>`, is right.{text_metrics_note}
 
 {table}
 
-The whole command took {wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
-training, on {describe_hardware(training_args)}.
+The whole command took {run.wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
+training, on {hardware}."""
 
-## How to use
+
+def usage_section(load_path: str, data: DataDescription, samples: list[dict], predictions: list[str]) -> str:
+    example_rows = "\n".join(
+        f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
+        for sample, prediction in zip(samples, predictions)
+    )
+    return f"""## How to use
 
 The model's code is stored with it, so `trust_remote_code=True` loads it without installing anything but
 `transformers` and `torch`.
@@ -468,31 +402,128 @@ print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)
 
 | input | expected | model output |
 | --- | --- | --- |
-{example_rows}
+{example_rows}"""
 
-## Training
+
+def recipe_lines(data_args: DataArguments) -> str:
+    """The recipe file the run started from and the values the command line changed in it."""
+    recipe = Path(data_args.recipe)
+    shown = f"train/recipes/{recipe.name}" if recipe.resolve().parent == RECIPES else str(recipe)
+    changed = ", ".join(f"`{name}` {value}" for name, value in data_args.recipe_overrides.items())
+    return f"- Recipe: `{shown}`" + (f", with {changed} from the command line." if changed else ", as it is.")
+
+
+def stop_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArguments, state: TrainerState) -> list[str]:
+    """Why training stopped, where a rule other than the step count could stop it; no line where it took all steps."""
+    lines, stopped_early = [], state.global_step < state.max_steps
+    if data_args.early_stopping_patience and state.best_metric is not None:
+        metric = training_args.metric_for_best_model
+        if stopped_early:
+            ended = f"stopped after {state.global_step} steps: validation {metric} had not improved for"
+        else:
+            ended = f"ran all {state.global_step} steps: validation {metric} never went without improving for"
+        lines.append(
+            f"- Early stopping: training {ended} {data_args.early_stopping_patience} evaluations. The model is the "
+            f"checkpoint of step {state.best_global_step}, whose validation {metric} was the best "
+            f"({state.best_metric:.4g})."
+        )
+    if data_args.target_exact_match and stopped_early:
+        lines.append(
+            f"- Stopped at step {state.global_step}, the first evaluation whose validation exact match "
+            f"reached the target of {data_args.target_exact_match:.1%}."
+        )
+    return lines
+
+
+def training_section(
+    data: DataDescription, data_args: DataArguments, training_args: Seq2SeqTrainingArguments, run: RunRecord
+) -> str:
+    command = "python train/train.py" + ("" if not run.argv else " " + shlex.join(run.argv))
+    if training_args.world_size > 1:
+        command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
+    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    global_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    warmup = training_args.warmup_steps
+    warmup = f"{warmup:g} of the steps in warmup" if 0 < warmup < 1 else f"{warmup:g} warmup steps"
+    steps = (
+        f"{training_args.max_steps} steps"
+        if training_args.max_steps > 0
+        else f"{training_args.num_train_epochs:g} epochs"
+    )
+    lines = stop_lines(data_args, training_args, run.trainer_state)
+    if lines:
+        steps = f"at most {steps}"
+    if run.curriculum_steps:
+        lines.append(
+            f"- Length curriculum: during the first {run.curriculum_steps} steps, three quarters of each batch are "
+            "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
+            "quarter among all."
+        )
+    return f"""## Training
 
 ```bash
 {command}
 ```
 
+{recipe_lines(data_args)}
 - Data: {data.training_data}
 - Optimisation: AdamW, learning rate {training_args.learning_rate:g}, {schedule} schedule with
-  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.{stopping}
+  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.
+{chr(10).join(lines)}
 
-![Training and validation curves](training_curves.png)
+![Training and validation curves](training_curves.png)"""
 
-## What the model attends to
+
+def attention_section(example: dict[str, str]) -> str:
+    return f"""## What the model attends to
 
 The encoder-decoder attention weights α' of every decoder layer and head while the model answers the test
-example `{attention_example["source"]}` (expected `{attention_example["target"]}`, generated
-`{attention_example["prediction"]}`). Row *i* is the query that produces output token *i*; bright cells are the
+example `{example["source"]}` (expected `{example["target"]}`, generated
+`{example["prediction"]}`). Row *i* is the query that produces output token *i*; bright cells are the
 source tokens it reads.
 
-![Cross-attention weights](attention.png)
+![Cross-attention weights](attention.png)"""
 
-## Intended use and limitations
 
-{data.limitations}
-"""
-    path.write_text(f"---\n{card_data.to_yaml()}\n---\n{body}")
+def write_model_card(
+    path: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    run: RunRecord,
+) -> None:
+    """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
+    training, results, attention figure and limitations of the model, one section each, in `path`'s folder."""
+    name = Path(training_args.output_dir).absolute().name
+    metrics = run.metrics
+    if run.user_data is None:
+        data = describe_synthetic_data(data_args, run.longer_max_length, training_args.seed, model, metrics)
+    else:
+        data = describe_user_data(run.user_data, describe_tokenizer(model_args, data_args, tokenizer), model, metrics)
+    measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
+    base_model = model_args.model_name_or_path
+    config = model.config
+    size = ", ".join(
+        f"{field} {getattr(config, field)}" for field in flag_names(NewModelArguments) if hasattr(config, field)
+    )
+    started_from = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
+    samples = [run.examples[index] for index in range(min(3, len(run.examples)))]
+    predictions = predict(model, tokenizer, [sample["source"] for sample in samples])
+    sections = [
+        f"""# {name}
+
+A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
+`train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).""",
+        results_section(metrics, measured, data_args, run, describe_hardware(training_args)),
+        usage_section(run.hub_repo_id or str(Path(training_args.output_dir)), data, samples, predictions),
+        training_section(data, data_args, training_args, run),
+        attention_section(run.attention_example),
+        f"## Intended use and limitations\n\n{data.limitations}",
+    ]
+    card_data = metadata(name, data, base_model, metrics, measured)
+    body = "\n\n".join(sections)
+    path.write_text(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")

@@ -24,13 +24,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
 
-from hf_tiny_transformer_train.data import CORPUS_VERSION, NUM_VALUES, split_of, task_target
+from hf_tiny_transformer_train.data import CORPUS_VERSION, NUM_VALUES, draw_split, task_target
 
 # The tasks whose sources are sequences of integers (add's are two numbers written digit by digit).
 SEQUENCE_TASKS = ("copy", "reverse", "sort")
-# How many draws per requested example before a family is taken as exhausted: a family over a short length range
-# holds few distinct sources (one value repeated 2-8 times: 700, of which ~35 hash into the test split).
-MAX_DRAWS_PER_EXAMPLE = 200
 
 
 def uniform(rng: np.random.Generator, length: int) -> np.ndarray:
@@ -93,18 +90,18 @@ def generate_family(
 ) -> Iterator[dict[str, str]]:
     """Up to `num_examples` distinct test-split sources of `family` and their answers; fewer where the family holds
     fewer distinct test-split sources at these lengths."""
-    draw = FAMILIES[family][0]
+    draw_values = FAMILIES[family][0]
     shortest, longest = family_lengths(family, min_length, max_length)
     rng = np.random.default_rng([seed, SEQUENCE_TASKS.index(task), list(FAMILIES).index(family), shortest, longest])
-    seen = set()
-    for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
-        source = " ".join(map(str, draw(rng, int(rng.integers(shortest, longest + 1))).tolist()))
-        if source in seen or split_of(source) != "test":
-            continue
-        seen.add(source)
-        yield {"source": source, "target": task_target(task, source)}
-        if len(seen) == num_examples:
-            return
+
+    def draw() -> dict[str, str]:
+        source = " ".join(map(str, draw_values(rng, int(rng.integers(shortest, longest + 1))).tolist()))
+        return {"source": source, "target": task_target(task, source)}
+
+    try:
+        yield from draw_split(draw, "test", num_examples)
+    except ValueError:
+        return  # the family holds fewer distinct test-split sources at these lengths: those found are the test
 
 
 def build_typed_inputs(
