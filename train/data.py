@@ -38,6 +38,7 @@ TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
 PLUS = "+"
+DIGITS = tuple("0123456789")  # the words of an `add` operand
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
@@ -81,15 +82,38 @@ def make_example(task: str, rng: np.random.Generator, min_length: int, max_lengt
             digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
             operands.append(int("".join(map(str, digits))))
         source = f"{spaced_digits(operands[0], max_length)} {PLUS} {spaced_digits(operands[1], max_length)}"
-        return {"source": source, "target": spaced_digits(sum(operands), max_length + 1)[::-1]}
-    values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
-    if task == "reverse":
-        target = values[::-1]
-    elif task == "sort":
-        target = sorted(values)
     else:
-        target = values
-    return {"source": " ".join(map(str, values)), "target": " ".join(map(str, target))}
+        values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
+        source = " ".join(map(str, values))
+    return {"source": source, "target": task_target(task, source)}
+
+
+def task_target(task: str, source: str) -> str:
+    """The right answer of `task` to `source`, both written as the corpus writes them (words separated by spaces).
+
+    For `add`, `source` holds two operands digit by digit around `+` (`0 4 0 7 + 0 0 9 5`); the sum gets one digit
+    more than the longer operand and comes least significant first (`2 0 5 0 0`).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    words = source.split()
+    if task == "add":
+        plus = words.index(PLUS) if words.count(PLUS) == 1 else 0
+        operands = [words[:plus], words[plus + 1 :]]
+        if not all(operands) or not all(word in DIGITS for word in operands[0] + operands[1]):
+            raise ValueError(
+                f"an add source is two operands written one digit a word around one {PLUS!r}; got {source!r}"
+            )
+        width = max(map(len, operands))
+        return spaced_digits(sum(int("".join(operand)) for operand in operands), width + 1)[::-1]
+    if not all(word.isascii() and word.isdigit() for word in words):
+        raise ValueError(f"a {task} source holds integers separated by spaces; got {source!r}")
+    values = [int(word) for word in words]
+    if task == "reverse":
+        values = values[::-1]
+    elif task == "sort":
+        values = sorted(values)
+    return " ".join(map(str, values))
 
 
 def generate_examples(
