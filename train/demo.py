@@ -52,7 +52,7 @@ def read_trained_task(model_name_or_path: str, revision: str | None = None) -> T
                 raise EntryNotFoundError(f"no README.md in {folder}")
         else:
             card_path = hf_hub_download(model_name_or_path, "README.md", revision=revision)
-    except EntryNotFoundError as error:
+    except (EntryNotFoundError, OSError) as error:  # no such file, no such folder or repository, offline
         raise ValueError(
             f"cannot read the model card (README.md) of {model_name_or_path!r}, which says which task the model "
             f"learned ({error}); name the task with --task ({', '.join(TASKS)})"
