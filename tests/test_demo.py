@@ -261,7 +261,8 @@ def served_page(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_page_answers_typed_numbers_in_a_real_browser(served_page, chromium_driver):
+def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_page):
+    # The browser first: where it is missing, the test skips before it trains a model.
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
