@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hf_tiny_transformer_train.data import build_corpus, draw_values, split_of, task_target
+from hf_tiny_transformer_train.data import build_corpus, draw_values, split_of
 from hf_tiny_transformer_train.typed_inputs import FAMILIES, SEQUENCE_TASKS, build_typed_inputs, family_lengths
 
 
@@ -98,16 +98,3 @@ def test_draws_with_repeats_cover_single_values_few_values_and_runs():
 def test_corpus_refuses_a_share_outside_zero_to_one(tmp_path):
     with pytest.raises(ValueError, match="repeated_values_share"):
         build_corpus("copy", 0, 10, 10, 10, 1, 5, repeated_values_share=1.5, cache_dir=str(tmp_path))
-
-
-@pytest.mark.parametrize(
-    "task, source, target",
-    [
-        ("copy", "5 5 1", "5 5 1"),
-        ("reverse", "5 5 1", "1 5 5"),
-        ("sort", "40 3 40", "3 40 40"),
-        ("add", "0 4 0 7 + 0 0 9 5", "2 0 5 0 0"),
-    ],
-)
-def test_task_target_gives_the_right_answer(task, source, target):
-    assert task_target(task, source) == target

@@ -38,6 +38,7 @@ TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
 PLUS = "+"
+DIGITS = tuple("0123456789")  # the words of an `add` operand
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
@@ -69,20 +70,6 @@ def source_length(task: str, max_length: int) -> int:
 def spaced_digits(number: int, width: int) -> str:
     """`number` as `width` space-separated decimal digits, with leading zeros."""
     return " ".join(str(number).zfill(width))
-
-
-def task_target(task: str, source: str) -> str:
-    """The right answer of `task` for `source`, both written as in the corpus."""
-    if task == "add":
-        left, right = (int(operand.replace(" ", "")) for operand in source.split(f" {PLUS} "))
-        max_length = len(source.split(f" {PLUS} ")[0].split())
-        return spaced_digits(left + right, max_length + 1)[::-1]
-    values = [int(word) for word in source.split()]
-    if task == "reverse":
-        values = values[::-1]
-    elif task == "sort":
-        values = sorted(values)
-    return " ".join(map(str, values))
 
 
 def draw_values(rng: np.random.Generator, length: int, repeated_values_share: float = 0.0) -> list[int]:
@@ -125,6 +112,34 @@ def make_example(
     values = draw_values(rng, int(rng.integers(min_length, max_length + 1)), repeated_values_share)
     source = " ".join(map(str, values))
     return {"source": source, "target": task_target(task, source)}
+
+
+def task_target(task: str, source: str) -> str:
+    """The right answer of `task` to `source`, both written as the corpus writes them (words separated by spaces).
+
+    For `add`, `source` holds two operands digit by digit around `+` (`0 4 0 7 + 0 0 9 5`); the sum gets one digit
+    more than the longer operand and comes least significant first (`2 0 5 0 0`).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    words = source.split()
+    if task == "add":
+        plus = words.index(PLUS) if words.count(PLUS) == 1 else 0
+        operands = [words[:plus], words[plus + 1 :]]
+        if not all(operands) or not all(word in DIGITS for word in operands[0] + operands[1]):
+            raise ValueError(
+                f"an add source is two operands written one digit a word around one {PLUS!r}; got {source!r}"
+            )
+        width = max(map(len, operands))
+        return spaced_digits(sum(int("".join(operand)) for operand in operands), width + 1)[::-1]
+    if not all(word.isascii() and word.isdigit() for word in words):
+        raise ValueError(f"a {task} source holds integers separated by spaces; got {source!r}")
+    values = [int(word) for word in words]
+    if task == "reverse":
+        values = values[::-1]
+    elif task == "sort":
+        values = sorted(values)
+    return " ".join(map(str, values))
 
 
 def draw_split(

@@ -72,13 +72,26 @@ def plot_cross_attention(
     example (the first with at most `max_words` source words, so the labels stay readable). Returns the example.
     """
     example = next((e for e in examples if len(e["source"].split()) <= max_words), examples[0])
+    figure, prediction = cross_attention_figure(model, tokenizer, example["source"])
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return {"source": example["source"], "target": example["target"], "prediction": prediction}
+
+
+def cross_attention_figure(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str, max_new_tokens: int | None = None
+) -> tuple[Figure, str]:
+    """The model's greedy answer to `source` (at most `max_new_tokens`, by default the generation config's), and a
+    figure of the encoder-decoder attention weights α' of every decoder layer and head while it writes the answer:
+    a heat map per layer and head, source tokens across, generated tokens down."""
     model.eval()
     # SDPA and flash kernels never materialise α'; the eager path returns it.
     previous_implementation = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    inputs = tokenizer(example["source"], return_tensors="pt").to(model.device)
+    inputs = tokenizer(source, return_tensors="pt").to(model.device)
     with torch.no_grad():
-        generated = model.generate(**inputs)
+        # An explicit max_new_tokens=None would replace the generation config's with generate's default of 20.
+        length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        generated = model.generate(**inputs, do_sample=False, num_beams=1, **length)
         # Row i of α' is the query that predicts generated token i + 1.
         outputs = model(**inputs, decoder_input_ids=generated[:, :-1], output_attentions=True)
     model.set_attn_implementation(previous_implementation)
@@ -87,7 +100,10 @@ def plot_cross_attention(
     output_tokens = tokenizer.convert_ids_to_tokens(generated[0, 1:].tolist())
     cross_attentions = [layer[0].float().cpu().numpy() for layer in outputs.cross_attentions]  # [heads, out, src]
     num_layers, num_heads = len(cross_attentions), cross_attentions[0].shape[0]
-    cell = 0.22  # inches per token, so that every tick label fits
+    # Inches per token: 0.22 fits every tick label; long inputs get smaller cells and labels, so that a heat map
+    # stays under about 8 inches.
+    cell = min(0.22, 8 / max(len(source_tokens), len(output_tokens)))
+    fontsize = 7 * cell / 0.22
     figure = Figure(
         figsize=(num_heads * (1.2 + cell * len(source_tokens)), num_layers * (1.2 + cell * len(output_tokens)))
     )
@@ -96,20 +112,15 @@ def plot_cross_attention(
         for head_index in range(num_heads):
             ax = axes[layer_index][head_index]
             image = ax.imshow(weights[head_index], cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(output_tokens)), output_tokens, fontsize=7)
+            ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=fontsize)
+            ax.set_yticks(range(len(output_tokens)), output_tokens, fontsize=fontsize)
             ax.set_title(f"layer {layer_index + 1}, head {head_index + 1}", fontsize=8)
             if head_index == 0:
                 ax.set_ylabel("generated token")
             if layer_index == num_layers - 1:
                 ax.set_xlabel("source token")
     figure.colorbar(image, ax=axes, shrink=0.6, label="attention weight α'")
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return {
-        "source": example["source"],
-        "target": example["target"],
-        "prediction": tokenizer.decode(generated[0], skip_special_tokens=True),
-    }
+    return figure, tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
 def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
