@@ -50,9 +50,10 @@ from hf_tiny_transformer_train.data import (
     tokenize_corpus,
 )
 from hf_tiny_transformer_train.metrics import sequence_metrics
+from hf_tiny_transformer_train.typed_inputs import FAMILIES, SEQUENCE_TASKS, build_typed_inputs
 
 TRAIN_SCRIPT = REPOSITORY / "train" / "train.py"
-TASKS = ("copy", "reverse", "sort")
+TASKS = SEQUENCE_TASKS
 
 
 def median_or_never(values: list[float | None]) -> float | None:
@@ -86,6 +87,12 @@ def run_command(flags: list[str], seed: int) -> dict:
         "steps": state["global_step"],
         "test_exact_match": results.get("test_exact_match"),
         "longer_test_exact_match": results.get("longer_test_exact_match"),
+        # "test_family_one_value" (1-50), "longer_test_family_one_value" (51-100), ...
+        "typed_inputs": {
+            key.removesuffix("_exact_match"): value
+            for key, value in results.items()
+            if "_family_" in key and key.endswith("_exact_match")
+        },
     }
 
 
@@ -119,9 +126,22 @@ def describe_summary(summary: dict) -> tuple[str, str, str, str]:
 def benchmark_commands(tasks: list[str], seeds: list[int]) -> tuple[dict, str]:
     report = {task: summarize_runs([run_command(["--task", task], seed) for seed in seeds]) for task in tasks}
     rows = [("command", "wall time, median (min-max)", "steps", "lowest test exact match", "seeds >= 99%")]
+    family_rows = [("command, lengths", *FAMILIES)]
     for task, summary in report.items():
         rows.append((f"python train/train.py --task {task}", *describe_summary(summary)))
-    return report, text_table(rows)
+        finished = [run for run in summary["runs"] if "error" not in run]
+        for prefix, lengths in (("test_family", "training lengths"), ("longer_test_family", "longer test")):
+            cells = [[run["typed_inputs"].get(f"{prefix}_{family}") for run in finished] for family in FAMILIES]
+            if any(None not in cell and cell for cell in cells):
+                family_rows.append((f"--task {task}, {lengths}", *(describe_family(cell) for cell in cells)))
+    typed = f"\n\nTyped inputs, exact match: median (lowest) over the seeds\n{text_table(family_rows)}"
+    return report, text_table(rows) + (typed if len(family_rows) > 1 else "")
+
+
+def describe_family(figures: list[float | None]) -> str:
+    if not figures or None in figures:
+        return "-"
+    return f"{statistics.median(figures):.1%} ({min(figures):.1%})"
 
 
 def ablation_variants(task: str) -> dict[str, list[str]]:
@@ -296,16 +316,22 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     return {name: {key: run[key] for key in ("curve", "reached", "train_s", "eval_s")} for name, run in state.items()}
 
 
-def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = ()):
-    """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths."""
+def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = (), families: int = 0):
+    """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths and, with
+    `families`, up to that many typed inputs of each family (typed_inputs.py) at each length range ("<family> 1-25")."""
     tokenizer = build_tokenizer()
     corpus = build_corpus(recipe.task, seed=seed, train_size=recipe.train_size, validation_size=recipe.validation_size,
-                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length)  # fmt: skip
+                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length,
+                          repeated_values_share=recipe.repeated_values_share or 0.0)  # fmt: skip
     splits = dict(tokenize_corpus(corpus, tokenizer))
     for shortest, longest in longer:
         extra = build_corpus(recipe.task, seed=seed, train_size=1, validation_size=1, test_size=test_size,
                              min_length=shortest, max_length=longest)  # fmt: skip
         splits[f"{shortest}-{longest}"] = tokenize_corpus(extra, tokenizer)["test"]
+    for shortest, longest in [(recipe.min_length, recipe.max_length), *longer] if families else ():
+        typed = build_typed_inputs(recipe.task, seed, families, shortest, longest)
+        for family, split in tokenize_corpus(typed, tokenizer).items():
+            splits[f"{family} {shortest}-{longest}"] = split
     return len(tokenizer), splits
 
 
@@ -368,11 +394,11 @@ LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "
 
 
 def benchmark_length(
-    tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, smoke: bool = False
+    tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, families: int, smoke: bool = False
 ) -> tuple[dict, str]:
     """Trained on 1-25 with each task's recipe (to the validation target, at most `max_steps` steps: a budget in steps,
     so that the figures do not depend on the machine's speed or load), tested on held-out sources of 1-25, 26-50 and
-    51-100."""
+    51-100, uniform and of each typed-input family."""
     report = {}
     for task in tasks:
         overrides = {
@@ -382,26 +408,34 @@ def benchmark_length(
             **(SMOKE if smoke else {}),
         }
         recipe = Recipe.for_task(task, **overrides)
-        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES)
+        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES, families)
         report[task] = {}
         for label, scheme in LENGTH_MODELS.items():
             name = "bart" if scheme is None else "ours"
             model = recipe_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
             scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
-            for shortest, longest in LENGTH_RANGES:
-                scores[f"{shortest}-{longest}"] = exact_match(
-                    model, splits[f"{shortest}-{longest}"], target_length(task, longest) + 1, 100
-                )
+            for split_name, split in splits.items():
+                if split_name[0].isdigit() or " " in split_name:  # "26-50", "one_value 1-25", ...
+                    longest = int(split_name.split("-")[-1])
+                    scores[split_name] = exact_match(model, split, target_length(task, longest) + 1, 100)
             report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
             print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
+    ranges = ["1-25", *(f"{shortest}-{longest}" for shortest, longest in LENGTH_RANGES)]
     rows = [("task, model (trained on 1-25)", "steps trained", "test 1-25", "26-50", "51-100")]
+    family_rows = [("task, model, lengths", *FAMILIES)]
     for task, models in report.items():
         for label, result in models.items():
             steps = result["reached"]["step"] if result["reached"] else "target not reached"
             scores = result["exact_match"]
-            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ("1-25", "26-50", "51-100"))))
-    return report, text_table(rows)
+            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ranges)))
+            for lengths in ranges if families else ():
+                cells = (scores.get(f"{family} {lengths}") for family in FAMILIES)
+                family_rows.append((f"{task}, {label}, {lengths}", *("-" if c is None else f"{c:.1%}" for c in cells)))
+    tables = text_table(rows) + (
+        f"\n\nTyped inputs (exact match per family):\n{text_table(family_rows)}" if families else ""
+    )
+    return report, tables
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -417,6 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test_size", type=int, default=1000, help="test examples per length range (bart, length)")
     parser.add_argument("--max_steps", type=int, default=1000, help="training steps per model at most (length)")
     parser.add_argument("--output", type=Path, help="write the JSON report here")
+    parser.add_argument(
+        "--typed_inputs", type=int, default=100, help="typed inputs per family and length range (length; 0: none)"
+    )
     parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
@@ -444,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         test_size = 10 if args.smoke else args.test_size
         report["length"], table = benchmark_length(
-            tasks, seeds[0], args.budget, test_size, args.max_steps, smoke=args.smoke
+            tasks, seeds[0], args.budget, test_size, args.max_steps, 5 if args.smoke else args.typed_inputs, args.smoke
         )
     report.finish(table, f"section {args.section}, seeds {args.seeds}", args.output)
     return report

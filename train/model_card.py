@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTraini
 
 from hf_tiny_transformer_train.arguments import RECIPES, DataArguments, ModelArguments, NewModelArguments, flag_names
 from hf_tiny_transformer_train.data import spaced_digits
+from hf_tiny_transformer_train.typed_inputs import FAMILY_DESCRIPTIONS
 from hf_tiny_transformer_train.user_data import UserData
 
 TASK_DESCRIPTIONS = {
@@ -202,6 +203,15 @@ def describe_synthetic_data(
         if task == "add"
         else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
     )
+    share = data_args.repeated_values_share or 0.0
+    drawn = (
+        f"uniformly random, {share:.0%} of the training and validation sequences drawn with repeats instead (values "
+        "from a random set of 1-100, runs of random length, `data.draw_values`: a uniform draw almost never holds a "
+        "run or few distinct values, and a model trained on those alone finds tokens by value rather than position)"
+        if share
+        else "uniformly random"
+    )
+    typed = "the typed inputs above and " if any("_family_" in key for key in metrics) else ""
     return DataDescription(
         what_it_does=TASK_DESCRIPTIONS[task],
         corpus="a synthetic corpus",
@@ -213,16 +223,16 @@ def describe_synthetic_data(
         input_format=f"""{input_format}. Any whitespace separates words; anything outside the vocabulary (`0`..`99`,
 `+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it) when you batch
 inputs of different lengths.""",
-        training_data=f"""the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, uniformly
-  random; {metrics.get("train_samples", 0):,} training examples, seed {seed}. Each source belongs to
+        training_data=f"""the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, {drawn};
+  {metrics.get("train_samples", 0):,} training examples, seed {seed}. Each source belongs to
   train, validation or test by a hash of its text, so no test source occurs in training.""",
         limitations=f"""- A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
   loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
 - {describe_length_generalisation(min_length, max_length, longer_max_length, length_unit, metrics)}; {describe_positions_limit(model)},
   and generation stops after `max_new_tokens`={model.generation_config.max_new_tokens} tokens (pass more for longer
   inputs).
-- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
-  distribution; they say nothing about other distributions (e.g. long runs of one number).""",
+- The figures above are measured on {typed}{metrics.get("test_samples", "the")} held-out examples of the uniform
+  test split; they say nothing about other distributions.""",
     )
 
 
@@ -389,6 +399,33 @@ The whole command took {run.wall_time / 60:.1f} minutes, {metrics.get("train_run
 training, on {hardware}."""
 
 
+def typed_inputs_section(metrics: dict[str, float], data_args: DataArguments, longer_max_length: int | None) -> str:
+    """Exact match on each family of inputs a person types (typed_inputs.py), at the training's lengths and at the
+    longer test's; empty where none was measured."""
+    ranges = {"test_family": f"{data_args.min_length}-{data_args.max_length}"}
+    if longer_max_length:
+        ranges["longer_test_family"] = f"{data_args.max_length + 1}-{longer_max_length}"
+    rows = []
+    for family, description in FAMILY_DESCRIPTIONS.items():
+        cells = []
+        for prefix in ranges:
+            value, count = metrics.get(f"{prefix}_{family}_exact_match"), metrics.get(f"{prefix}_{family}_samples")
+            cells.append("-" if value is None else f"{100 * value:.1f}% of {count}")
+        if any(cell != "-" for cell in cells):
+            rows.append(f"| {description} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    header = "| inputs | " + " | ".join(f"{lengths} integers" for lengths in ranges.values()) + " |"
+    return f"""## Inputs a person types
+
+The uniform test split almost never holds a run or only a few distinct values. Exact match on held-out inputs of each
+kind a person tries first (none of them occurs in training; `typed_inputs.py` of the project):
+
+{header}
+| --- |{" --- |" * len(ranges)}
+{chr(10).join(rows)}"""
+
+
 def usage_section(load_path: str, data: DataDescription, samples: list[dict], predictions: list[str]) -> str:
     example_rows = "\n".join(
         f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
@@ -530,11 +567,12 @@ def write_model_card(
 A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
 `train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).""",
         results_section(metrics, measured, data_args, run, describe_hardware(training_args)),
+        typed_inputs_section(metrics, data_args, run.longer_max_length),
         usage_section(run.hub_repo_id or str(Path(training_args.output_dir)), data, samples, predictions),
         training_section(data, data_args, training_args, run),
         attention_section(run.attention_example),
         f"## Intended use and limitations\n\n{data.limitations}",
     ]
     card_data = metadata(name, data, base_model, metrics, measured)
-    body = "\n\n".join(sections)
+    body = "\n\n".join(section for section in sections if section)
     path.write_text(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")

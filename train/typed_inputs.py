@@ -79,6 +79,17 @@ FAMILIES: dict[str, tuple[Callable[[np.random.Generator, int], np.ndarray], Call
 }
 
 
+# How the model card and the benchmarks name each family.
+FAMILY_DESCRIPTIONS = {
+    "one_value": "one value repeated (`54 54 54 54`)",
+    "few_values": "2-3 distinct values (`7 40 7 7 40`)",
+    "run_inside": "a run inside random numbers (`3 81 45 45 45 12`)",
+    "short_repeats": "2-8 values with a repeat (`40 40`, `9 1 9`)",
+    "ascending": "ascending (`2 17 17 50`)",
+    "descending": "descending (`50 17 17 2`)",
+}
+
+
 def family_lengths(family: str, min_length: int, max_length: int) -> tuple[int, int] | None:
     """The lengths `family` draws for sources of `min_length`-`max_length` integers (None where it has none)."""
     shortest, longest = FAMILIES[family][1](min_length, max_length)
