@@ -70,6 +70,13 @@ class TinyTransformerConfig(PretrainedConfig):
             trained on sequences of 1-25 integers, copy and reverse held 94-96% exact match on 26-50 with 8 / 6,
             against 36% (copy) with T5's 32 / 128, as distances never seen in training no longer get buckets of
             their own (bench/README.md).
+        relative_attention_reference_length (`int`, *optional*): `"relative"` positions only: the most tokens
+            (`</s>` included) of a source seen in training. On a longer source of n tokens the encoder-decoder
+            position bias is multiplied by (log n / log reference_length)², so that the source token a head points
+            at keeps its share of the attention among more keys than training ever spread it over (attention over n
+            keys is diluted as n grows; scalable softmax, Nakanishi 2025). Sources no longer than it are unchanged.
+            Reverse trained on 1-50 integers, on a run of one value inside 51-100 random ones: 68% exact match
+            without, 100% with (bench/README.md, "Typed inputs"). `None` (default): no scaling; train.py sets it.
         norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
             the last layer), `"post"` after each residual addition, as in the original paper.
         tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
@@ -106,6 +113,7 @@ class TinyTransformerConfig(PretrainedConfig):
     position_embedding_type: str = "sinusoidal"
     relative_attention_num_buckets: int = 8
     relative_attention_max_distance: int = 6
+    relative_attention_reference_length: int | None = None
     norm_position: str = "pre"
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -171,6 +179,11 @@ class TinyTransformerConfig(PretrainedConfig):
             raise ValueError(
                 f"`relative_attention_max_distance` ({self.relative_attention_max_distance}) must be greater than half "
                 f"of `relative_attention_num_buckets` ({self.relative_attention_num_buckets})."
+            )
+        reference = self.relative_attention_reference_length
+        if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 2):
+            raise ValueError(
+                f"`relative_attention_reference_length` must be None or an integer of at least 2, got {reference!r}."
             )
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
