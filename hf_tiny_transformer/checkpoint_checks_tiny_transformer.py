@@ -130,6 +130,8 @@ def convert_projection_layout(model: torch.nn.Module, loading_info: dict, source
 
 def check_weights_are_finite(model: torch.nn.Module, source: str) -> None:
     for name, tensor in model.state_dict().items():
+        if type(tensor) is not torch.Tensor:
+            continue  # a quantized weight (torchao's tensor subclasses), quantized from weights checked as loaded
         if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all()):
             raise ValueError(
                 f"{source}: tensor {name} in `{WEIGHTS_NAME}` holds NaN or infinite values; the file is damaged or "
