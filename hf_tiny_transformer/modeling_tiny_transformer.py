@@ -10,9 +10,9 @@ equations of docs/design.md in the repository:
     K = H W_k, V = H W_v from encoder states H, Q = S W_q      (§3, encoder-decoder attention)
     Y = S + O'                                                 (§3 step 4, residual around it)
 
-Every projection is an `nn.Linear`, whose weight is stored [out, in] as in transformers' in-tree models, so it
-computes X Wᵀ with W = W_qᵀ; checkpoints saved with the earlier [in, out] layout are converted when loaded
-(checkpoint_checks_tiny_transformer.py).
+Every projection is an `nn.Linear`, which stores the equations' matrix transposed ([out, in], as transformers'
+in-tree models do) and computes X (W_qᵀ)ᵀ = X W_q; checkpoints saved with the earlier [in, out] layout are converted
+as they load (checkpoint_checks_tiny_transformer.py).
 
 The encoder uses bidirectional self-attention with padding masks, the decoder causal self-attention followed by
 encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
