@@ -4,7 +4,7 @@ scores, S = QKᵀ/√d + B, that depend on the bucketed distance between query a
 
 With no position vectors, nothing in the model depends on where a sequence ends, so it runs on sequences longer than
 any it was trained on (how far it holds: bench/README.md). This file is copied next to the weights by
-`save_pretrained` (the model file imports it), so it imports only torch and transformers.
+`save_pretrained` (the model file imports it), so it imports only torch and the config.
 """
 
 import math
