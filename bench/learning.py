@@ -45,6 +45,7 @@ from hf_tiny_transformer_train.data import (
     build_corpus,
     build_tokenizer,
     curriculum_step_count,
+    input_lengths,
     length_curriculum,
     target_length,
     tokenize_corpus,
@@ -389,8 +390,11 @@ LENGTH_RANGES = [(26, 50), (51, 100)]
 # --smoke: a model of a few thousand parameters, a few steps and examples; checks that the script runs.
 SMOKE = dict(d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32, train_size=300,
              validation_size=10, max_steps=4, eval_steps=2)  # fmt: skip
-LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "ours, relative": "relative",
-                 "BART (learned)": None}  # fmt: skip
+# label -> (our position scheme, or None for BART; whether a relative bias sharpens past the training lengths, as
+# train.py's models do: relative_attention_reference_length)
+LENGTH_MODELS = {"ours, sinusoidal": ("sinusoidal", False), "ours, learned": ("learned", False),
+                 "ours, relative": ("relative", True), "ours, relative, bias not scaled": ("relative", False),
+                 "BART (learned)": (None, False)}  # fmt: skip
 
 
 def benchmark_length(
@@ -410,9 +414,11 @@ def benchmark_length(
         recipe = Recipe.for_task(task, **overrides)
         vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES, families)
         report[task] = {}
-        for label, scheme in LENGTH_MODELS.items():
+        for label, (scheme, scaled) in LENGTH_MODELS.items():
             name = "bart" if scheme is None else "ours"
             model = recipe_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
+            if scaled:
+                model.config.relative_attention_reference_length = max(input_lengths(splits["train"]))
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
             scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
             for split_name, split in splits.items():

@@ -15,7 +15,13 @@ def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisati
     bench("learning").main(["length", "--smoke", "--tasks", "copy", "--seeds", "1", "--output", str(output)])
     printed = capsys.readouterr().out
     report = json.loads(output.read_text())["length"]["copy"]
-    assert set(report) == {"ours, sinusoidal", "ours, learned", "ours, relative", "BART (learned)"}
+    assert set(report) == {
+        "ours, sinusoidal",
+        "ours, learned",
+        "ours, relative",
+        "ours, relative, bias not scaled",
+        "BART (learned)",
+    }
     families = {f"{family} {lengths}" for family in FAMILIES for lengths in ("1-25", "26-50", "51-100")}
     for result in report.values():
         # Uniform inputs and every typed-input family at each length range (short repeats only at 1-25).

@@ -27,6 +27,7 @@ TINY = [
     "--d_model", "64", "--encoder_layers", "2", "--decoder_layers", "2", "--num_attention_heads", "4",
     "--ffn_dim", "128", "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "128",
     "--learning_rate", "1e-3", "--warmup_steps", "50", "--logging_steps", "10", "--disable_tqdm", "true",
+    "--repeated_values_share", "0", "--typed_inputs_size", "20",
 ]  # fmt: skip
 
 
@@ -151,8 +152,8 @@ def test_a_recipe_file_of_ones_own_starts_the_run_and_flags_still_override_it(tm
         ("- task\n- copy\n", "a recipe is a mapping of flag names to values"),
         (
             "task: copy\n",
-            "--train_size, --validation_size, --test_size, --min_length, --max_length, --longer_test_size not set: "
-            "neither the recipe nor the command line gives a value",
+            "--train_size, --validation_size, --test_size, --min_length, --max_length, --longer_test_size, "
+            "--repeated_values_share, --typed_inputs_size not set: neither the recipe nor the command line gives a value",
         ),
     ],
 )
@@ -320,6 +321,24 @@ print(json.dumps({{
     "predictions": tokenizer.batch_decode(generated, skip_special_tokens=True),
 }}))
 """
+
+
+@pytest.mark.slow
+def test_the_run_tests_each_typed_input_family_and_the_card_shows_them(trained):
+    results = json.loads((trained / "test_results.json").read_text())
+    # Copy of 1-4 integers: the families with sources of 2-4 integers, at 1-4 and at the longer test's 5-8.
+    for family in ("one_value", "few_values", "short_repeats", "ascending", "descending"):
+        assert 0 < results[f"test_family_{family}_samples"] <= 20
+        assert 0 <= results[f"test_family_{family}_exact_match"] <= 1
+    assert "test_family_run_inside_samples" not in results  # a run inside needs at least 6 integers
+    longer = json.loads((trained / "longer_test_results.json").read_text())
+    assert longer["longer_test_family_run_inside_samples"] > 0
+    card = (trained / "README.md").read_text()
+    assert "## Inputs a person types" in card
+    assert (
+        f"{100 * results['test_family_one_value_exact_match']:.1f}% of {results['test_family_one_value_samples']}"
+        in card
+    )
 
 
 @pytest.mark.slow

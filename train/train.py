@@ -361,6 +361,13 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     else:
         corpus = user_data.splits
         longest_target = max(max(map(len, split["labels"])) for split in tokenized.values())
+    if (
+        model_args.model_name_or_path is None
+        and model.config.position_embedding_type == "relative"
+        and "train" in tokenized
+    ):
+        # Longer sources than training's get a sharper encoder-decoder position bias (configuration's docstring).
+        model.config.relative_attention_reference_length = max(2, max(input_lengths(tokenized["train"])))
     # While training, generation is bounded by max_length only: Seq2SeqTrainer fills generation_config with the
     # default max_length=20, and a max_new_tokens next to it would make every generate() call warn.
     model.generation_config.max_new_tokens = None
