@@ -1,4 +1,15 @@
-"""Shared fixtures: tiny configs, seeded tiny models and padded batches; no network."""
+"""Shared fixtures: tiny configs, seeded tiny models and padded batches; no network.
+
+A test passes on every machine or it is a failing test. Floats are compared exactly only where both sides were
+computed in one process, with the same threads and precision: the last bits of a sum depend on how the work is split
+among threads and on the CPU's instructions. A float computed in a child process is compared exactly with one
+computed here only with both sides pinned to the same settings (`same_threads_as_child_processes`; children start
+with `OMP_NUM_THREADS`, set below); otherwise with a tolerance whose comment says what it allows.
+
+Threads: `TINY_TRANSFORMER_TEST_THREADS=N` forces torch's intra-op threads to N in every test process and in every
+process the tests start (it sets `OMP_NUM_THREADS`, which torch and torchrun read as they start). Unset, a
+pytest-xdist worker runs one thread, a plain `pytest -n 0` torch's default, and child processes one thread.
+"""
 
 import importlib
 import os
@@ -14,13 +25,50 @@ import transformers  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 
-# Under pytest-xdist (scripts/test.sh) each core already runs a worker or its child processes: a worker's second
-# intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
-# tests ran up to 10x slower so). Child processes keep their own settings.
-if os.environ.get("PYTEST_XDIST_WORKER"):
+THREADS_VARIABLE = "TINY_TRANSFORMER_TEST_THREADS"
+
+
+def forced_threads() -> int | None:
+    """The intra-op thread count forced by TINY_TRANSFORMER_TEST_THREADS, or None where it is unset or empty."""
+    value = os.environ.get(THREADS_VARIABLE, "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_VARIABLE}={value!r}: expected a whole number of threads >= 1")
+    return int(value)
+
+
+FORCED_THREADS = forced_threads()
+# Child processes (train.py runs, launchers and their ranks, fresh loads) run one thread unless forced: tiny models
+# gain nothing from more, and the cores are shared with the workers. torch reads OMP_NUM_THREADS as it starts, so
+# this process's own threads (already started) are set below.
+CHILD_THREADS = FORCED_THREADS or 1
+os.environ["OMP_NUM_THREADS"] = str(CHILD_THREADS)
+if FORCED_THREADS:
+    torch.set_num_threads(FORCED_THREADS)
+elif os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (scripts/test.sh) each core already runs a worker or its child processes: a worker's second
+    # intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
+    # tests ran up to 10x slower so).
     torch.set_num_threads(1)
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
+
+
+@pytest.fixture(scope="session")
+def child_threads() -> int:
+    """The intra-op threads of the processes tests start (their inherited `OMP_NUM_THREADS`)."""
+    return CHILD_THREADS
+
+
+@pytest.fixture
+def same_threads_as_child_processes(child_threads) -> int:
+    """Runs the test in this process with the child processes' thread count, so that floats computed here and in a
+    child are computed alike; the count before is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(child_threads)
+    yield child_threads
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=POSITION_EMBEDDING_TYPES)

@@ -40,12 +40,11 @@ TIMING_METRICS = ("runtime", "per_second")
 
 @pytest.fixture(scope="module")
 def child_env(tmp_path_factory) -> dict[str, str]:
-    # One thread: the same arithmetic in every run, and no fight over the machine's cores.
+    # The same threads in every run (OMP_NUM_THREADS, set by conftest.py): the same arithmetic, compared exactly.
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(tmp_path_factory.mktemp("hf_home")),
-        "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "MPLBACKEND": "Agg",
     }

@@ -36,7 +36,6 @@ def environment(tmp: Path) -> dict[str, str]:
         "HF_HOME": str(tmp / "hf_home"),
         "HF_DATASETS_CACHE": str(tmp / "datasets"),
         "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
     }
 
 
