@@ -18,6 +18,10 @@ from pathlib import Path
 # No network in tests: every model, tokenizer and dataset is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile in this process and in those the tests start compiles in the process itself: with more than one compile
+# thread, inductor first starts a pool of worker processes, each importing torch (seconds of a core each), to compile
+# the few kernels of a tiny model on cores that the other test workers already keep busy.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
