@@ -8,7 +8,7 @@
 # and every step's exit status and seconds, and gpu_check.log, every step's output. The steps, each with its own
 # time limit (10 minutes at most in all; a few minutes on one H200):
 #   environment      python, torch, transformers, accelerate, datasets, flash_attn; the GPUs
-#   benchmark-sdpa   bench/benchmark.py --quick (training and generation against BART), bf16, SDPA
+#   benchmark-sdpa   bench/compare_with_bart.py --quick (training and generation against BART), bf16, SDPA
 #   benchmark-flash  the same with flash_attention_2, only where flash_attn is installed
 #   train            python train/train.py --bf16: the default task once, timed (wall time, steps/s, metrics)
 #   ddp, fsdp        accelerate launch --config_file train/accelerate/{ddp,fsdp}.yaml --num_processes <GPUs>
@@ -120,10 +120,10 @@ fi
 # --------------------------------------------------------------------------------------------------- benchmark
 BENCH_SIZE=(--quick)
 [ "$DRY_RUN" -eq 0 ] || BENCH_SIZE=(--smoke)
-run_step benchmark-sdpa 120 "$PY" bench/benchmark.py "${BENCH_SIZE[@]}" --sections training,generation \
+run_step benchmark-sdpa 120 "$PY" -m bench.compare_with_bart "${BENCH_SIZE[@]}" --sections training,generation \
     --attn_implementation sdpa --output "$WORK/benchmark-sdpa.json"
 if [ "$FLASH" -eq 1 ]; then
-    run_step benchmark-flash 90 "$PY" bench/benchmark.py "${BENCH_SIZE[@]}" --sections training,generation \
+    run_step benchmark-flash 90 "$PY" -m bench.compare_with_bart "${BENCH_SIZE[@]}" --sections training,generation \
         --attn_implementation flash_attention_2 --output "$WORK/benchmark-flash.json"
 fi
 

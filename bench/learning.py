@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """How fast and how far TinyTransformer learns the built-in tasks, and transformers' BART beside it.
 
-    python bench/learning.py commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
-    python bench/learning.py ablation   # the default task (or --tasks sort) with each part of its recipe undone
-    python bench/learning.py bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
-    python bench/learning.py length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
+    python -m bench.learning commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
+    python -m bench.learning ablation   # the default task (or --tasks sort) with each part of its recipe undone
+    python -m bench.learning bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
+    python -m bench.learning length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
 
 `commands` and `ablation` time the whole command a user runs, in a fresh process with a fresh datasets cache (so the
 corpus is built as on a new machine), and read its test exact match from the output folder. `bart` and `length`
-train in this process with train.py's recipe for the task (its defaults: learning rate, schedule, warm-up, batch
+train in this process with train.py's recipe for the task (train/recipes/<task>.yaml: learning rate, schedule, warm-up, batch
 size, length curriculum and then batches drawn from all lengths, gradient clipping, stop at the validation target),
 ours and BART on the same batches, alternating every evaluation interval so that machine noise hits both; `length`
 caps each model's training in steps (--max_steps), so that its table does not depend on the machine's speed.
@@ -17,7 +17,6 @@ prints tables and writes JSON; it never asserts.
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -26,16 +25,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from transformers import GenerationConfig
 
-from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer_train import train as train_script
+from bench.common import MODEL_NAMES, REPOSITORY, Report, build_model, make_optimizer, text_table
+from hf_tiny_transformer_train.arguments import (
+    DEFAULT_TASK,
+    NewModelArguments,
+    flag_names,
+    new_model_config,
+    parse_arguments,
+)
 from hf_tiny_transformer_train.data import (
     build_corpus,
     build_tokenizer,
@@ -45,24 +50,10 @@ from hf_tiny_transformer_train.data import (
     tokenize_corpus,
 )
 from hf_tiny_transformer_train.metrics import sequence_metrics
+from hf_tiny_transformer_train.typed_inputs import FAMILIES, SEQUENCE_TASKS, build_typed_inputs
 
-from reports import write_report
-
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
-TASKS = ("copy", "reverse", "sort")
-MODEL_NAMES = ("ours", "bart")
-
-
-def table(rows: list[tuple]) -> str:
-    widths = [max(len(str(row[column])) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = (str(cell).ljust(width) if column == 0 else str(cell).rjust(width) for column, (cell, width) in
-                 enumerate(zip(row, widths)))  # fmt: skip
-        lines.append("  ".join(cells))
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+TRAIN_SCRIPT = REPOSITORY / "train" / "train.py"
+TASKS = SEQUENCE_TASKS
 
 
 def median_or_never(values: list[float | None]) -> float | None:
@@ -96,6 +87,12 @@ def run_command(flags: list[str], seed: int) -> dict:
         "steps": state["global_step"],
         "test_exact_match": results.get("test_exact_match"),
         "longer_test_exact_match": results.get("longer_test_exact_match"),
+        # "test_family_one_value" (1-50), "longer_test_family_one_value" (51-100), ...
+        "typed_inputs": {
+            key.removesuffix("_exact_match"): value
+            for key, value in results.items()
+            if "_family_" in key and key.endswith("_exact_match")
+        },
     }
 
 
@@ -126,13 +123,25 @@ def describe_summary(summary: dict) -> tuple[str, str, str, str]:
     )
 
 
-def benchmark_commands(tasks: list[str], seeds: list[int]) -> dict:
+def benchmark_commands(tasks: list[str], seeds: list[int]) -> tuple[dict, str]:
     report = {task: summarize_runs([run_command(["--task", task], seed) for seed in seeds]) for task in tasks}
     rows = [("command", "wall time, median (min-max)", "steps", "lowest test exact match", "seeds >= 99%")]
+    family_rows = [("command, lengths", *FAMILIES)]
     for task, summary in report.items():
         rows.append((f"python train/train.py --task {task}", *describe_summary(summary)))
-    print(table(rows))
-    return report
+        finished = [run for run in summary["runs"] if "error" not in run]
+        for prefix, lengths in (("test_family", "training lengths"), ("longer_test_family", "longer test")):
+            cells = [[run["typed_inputs"].get(f"{prefix}_{family}") for run in finished] for family in FAMILIES]
+            if any(None not in cell and cell for cell in cells):
+                family_rows.append((f"--task {task}, {lengths}", *(describe_family(cell) for cell in cells)))
+    typed = f"\n\nTyped inputs, exact match: median (lowest) over the seeds\n{text_table(family_rows)}"
+    return report, text_table(rows) + (typed if len(family_rows) > 1 else "")
+
+
+def describe_family(figures: list[float | None]) -> str:
+    if not figures or None in figures:
+        return "-"
+    return f"{statistics.median(figures):.1%} ({min(figures):.1%})"
 
 
 def ablation_variants(task: str) -> dict[str, list[str]]:
@@ -177,33 +186,36 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def benchmark_ablation(task: str, seeds: list[int]) -> dict:
+def benchmark_ablation(task: str, seeds: list[int]) -> tuple[dict, str]:
     report = {}
     variants = ablation_variants(task)
     for name, flags in variants.items():
         report[name] = summarize_runs([run_command(["--task", task, *flags], seed) for seed in seeds])
     baseline = report[next(iter(variants))].get("wall_s")  # the first variant is the recipe itself
-    rows = [(f"{task}, length {train_script.COMMON_DEFAULTS['max_length']}", "wall time, median (min-max)", "steps",
+    rows = [(f"{task}, length {Recipe.for_task(task).max_length}", "wall time, median (min-max)", "steps",
              "lowest test exact match", "seeds >= 99%", "time / recipe's")]  # fmt: skip
     for name, summary in report.items():
         ratio = f"{summary['wall_s'] / baseline:.2f}x" if baseline and "wall_s" in summary else ""
         rows.append((name, *describe_summary(summary), ratio))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 # ----------------------------------------------------------------------------------- training in this process
 @dataclass
 class Recipe:
-    """train.py's defaults for a task (COMMON_DEFAULTS updated by TASK_DEFAULTS)."""
+    """train.py's values for a task: its recipe file overridden by `overrides` (flag name -> value), parsed as
+    `python train/train.py --task T --name value ...` parses them, with the new model's size filled in."""
 
     task: str
-    hyper: dict = field(default_factory=dict)
+    hyper: dict
 
     @classmethod
     def for_task(cls, task: str, **overrides) -> "Recipe":
-        defaults = {"max_grad_norm": 1.0}  # the Trainer's, which train.py keeps
-        return cls(task, {**defaults, **train_script.COMMON_DEFAULTS, **train_script.TASK_DEFAULTS[task], **overrides})
+        flags = [item for name, value in overrides.items() for item in (f"--{name}", str(value))]
+        model_args, data_args, training_args = parse_arguments(["--task", task, *flags])
+        config = new_model_config(model_args, build_tokenizer())
+        sizes = {name: getattr(config, name) for name in flag_names(NewModelArguments)}
+        return cls(task, {**training_args.to_dict(), **vars(data_args), **sizes})
 
     def __getattr__(self, name):
         try:
@@ -212,37 +224,14 @@ class Recipe:
             raise AttributeError(name) from None
 
 
-def build_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
-    """Ours (with the recipe's positions unless given) or BART, of the recipe's size, tied embeddings, GELU."""
-    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-    torch.manual_seed(seed)
-    if name == "bart":
-        config = BartConfig(
-            vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
-            decoder_layers=recipe.decoder_layers, encoder_attention_heads=recipe.num_attention_heads,
-            decoder_attention_heads=recipe.num_attention_heads, encoder_ffn_dim=recipe.ffn_dim,
-            decoder_ffn_dim=recipe.ffn_dim, max_position_embeddings=recipe.max_position_embeddings,
-            dropout=recipe.dropout, attention_dropout=0.0, activation_dropout=0.0, activation_function="gelu",
-            forced_eos_token_id=None, **special,
-        )  # fmt: skip
-        return BartForConditionalGeneration(config)
-    config = TinyTransformerConfig(
-        vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
+def recipe_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
+    """Ours (with the recipe's positions unless given) or BART, of the recipe's size (bench.common.build_model)."""
+    return build_model(
+        name, vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
         decoder_layers=recipe.decoder_layers, num_attention_heads=recipe.num_attention_heads, ffn_dim=recipe.ffn_dim,
-        max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout, activation_function="gelu",
-        position_embedding_type=position_embedding_type or recipe.position_embedding_type, **special,
+        max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout,
+        position_embedding_type=position_embedding_type or recipe.position_embedding_type, seed=seed,
     )  # fmt: skip
-    return TinyTransformerForConditionalGeneration(config)
-
-
-def make_optimizer(model, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW as the Trainer builds it (no decay on biases and norms)."""
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def pad_batch(rows: list[list[int]], pad: int) -> torch.Tensor:
@@ -292,7 +281,8 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     state = {}
     for name, model in models.items():
         model.train()
-        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay)
+        # Unfused AdamW, as the figures in bench/README.md were measured.
+        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay, fused=False)
         warmup = recipe.warmup_steps if recipe.warmup_steps >= 1 else math.ceil(recipe.warmup_steps * recipe.max_steps)
         scheduler = transformers.get_scheduler(recipe.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                                                num_training_steps=recipe.max_steps)  # fmt: skip
@@ -326,20 +316,26 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     return {name: {key: run[key] for key in ("curve", "reached", "train_s", "eval_s")} for name, run in state.items()}
 
 
-def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = ()):
-    """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths."""
+def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = (), families: int = 0):
+    """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths and, with
+    `families`, up to that many typed inputs of each family (typed_inputs.py) at each length range ("<family> 1-25")."""
     tokenizer = build_tokenizer()
     corpus = build_corpus(recipe.task, seed=seed, train_size=recipe.train_size, validation_size=recipe.validation_size,
-                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length)  # fmt: skip
+                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length,
+                          repeated_values_share=recipe.repeated_values_share or 0.0)  # fmt: skip
     splits = dict(tokenize_corpus(corpus, tokenizer))
     for shortest, longest in longer:
         extra = build_corpus(recipe.task, seed=seed, train_size=1, validation_size=1, test_size=test_size,
                              min_length=shortest, max_length=longest)  # fmt: skip
         splits[f"{shortest}-{longest}"] = tokenize_corpus(extra, tokenizer)["test"]
+    for shortest, longest in [(recipe.min_length, recipe.max_length), *longer] if families else ():
+        typed = build_typed_inputs(recipe.task, seed, families, shortest, longest)
+        for family, split in tokenize_corpus(typed, tokenizer).items():
+            splits[f"{family} {shortest}-{longest}"] = split
     return len(tokenizer), splits
 
 
-def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_size: int) -> dict:
+def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_size: int) -> tuple[dict, str]:
     """Ours and BART on the length-50 tasks with train.py's recipe: time to the validation target, and the test
     exact match reached (or the best within the budget)."""
     report = {}
@@ -348,7 +344,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
         runs = []
         for seed in seeds:
             vocab_size, splits = task_splits(recipe, seed, test_size)
-            models = {name: build_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
+            models = {name: recipe_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
             result = train_side_by_side(models, recipe, splits, seed, budget_s, recipe.target_exact_match)
             longest = target_length(task, recipe.max_length) + 1
             for name, model in models.items():
@@ -361,7 +357,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
                 file=sys.stderr,
                 flush=True,
             )
-        report[task] = {"runs": runs, "recipe": {key: str(value) for key, value in recipe.hyper.items()}}
+        report[task] = {"runs": runs, "recipe": {"file": recipe.recipe, "overrides": recipe.recipe_overrides}}
         for name in MODEL_NAMES:
             report[task][name] = {
                 "train_s": median_or_never([run[name]["reached"] and run[name]["reached"]["train_s"] for run in runs]),
@@ -380,8 +376,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
                       f"not within {budget_s:.0f} s{reached}", f"{figures['test_exact_match']:.1%}"]  # fmt: skip
         ratio = result["ours"]["train_s"] / result["bart"]["train_s"] if result["bart"]["train_s"] else None
         rows.append((task, *cells, f"{ratio:.2f}x" if ratio and result["ours"]["train_s"] else ""))
-    print(table(rows))
-    return report
+    return report, text_table(rows)
 
 
 def describe_reached(run: dict) -> str:
@@ -399,11 +394,11 @@ LENGTH_MODELS = {"ours, sinusoidal": "sinusoidal", "ours, learned": "learned", "
 
 
 def benchmark_length(
-    tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, smoke: bool = False
-) -> dict:
+    tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, families: int, smoke: bool = False
+) -> tuple[dict, str]:
     """Trained on 1-25 with each task's recipe (to the validation target, at most `max_steps` steps: a budget in steps,
     so that the figures do not depend on the machine's speed or load), tested on held-out sources of 1-25, 26-50 and
-    51-100."""
+    51-100, uniform and of each typed-input family."""
     report = {}
     for task in tasks:
         overrides = {
@@ -413,27 +408,34 @@ def benchmark_length(
             **(SMOKE if smoke else {}),
         }
         recipe = Recipe.for_task(task, **overrides)
-        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES)
+        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES, families)
         report[task] = {}
         for label, scheme in LENGTH_MODELS.items():
             name = "bart" if scheme is None else "ours"
-            model = build_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
+            model = recipe_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
             scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
-            for shortest, longest in LENGTH_RANGES:
-                scores[f"{shortest}-{longest}"] = exact_match(
-                    model, splits[f"{shortest}-{longest}"], target_length(task, longest) + 1, 100
-                )
+            for split_name, split in splits.items():
+                if split_name[0].isdigit() or " " in split_name:  # "26-50", "one_value 1-25", ...
+                    longest = int(split_name.split("-")[-1])
+                    scores[split_name] = exact_match(model, split, target_length(task, longest) + 1, 100)
             report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
             print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
+    ranges = ["1-25", *(f"{shortest}-{longest}" for shortest, longest in LENGTH_RANGES)]
     rows = [("task, model (trained on 1-25)", "steps trained", "test 1-25", "26-50", "51-100")]
+    family_rows = [("task, model, lengths", *FAMILIES)]
     for task, models in report.items():
         for label, result in models.items():
             steps = result["reached"]["step"] if result["reached"] else "target not reached"
             scores = result["exact_match"]
-            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ("1-25", "26-50", "51-100"))))
-    print(table(rows))
-    return report
+            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ranges)))
+            for lengths in ranges if families else ():
+                cells = (scores.get(f"{family} {lengths}") for family in FAMILIES)
+                family_rows.append((f"{task}, {label}, {lengths}", *("-" if c is None else f"{c:.1%}" for c in cells)))
+    tables = text_table(rows) + (
+        f"\n\nTyped inputs (exact match per family):\n{text_table(family_rows)}" if families else ""
+    )
+    return report, tables
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -449,12 +451,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test_size", type=int, default=1000, help="test examples per length range (bart, length)")
     parser.add_argument("--max_steps", type=int, default=1000, help="training steps per model at most (length)")
     parser.add_argument("--output", type=Path, help="write the JSON report here")
+    parser.add_argument(
+        "--typed_inputs", type=int, default=100, help="typed inputs per family and length range (length; 0: none)"
+    )
     parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     if args.tasks is None:
-        tasks = [train_script.DEFAULT_TASK] if args.section == "ablation" else list(TASKS)
+        tasks = [DEFAULT_TASK] if args.section == "ablation" else list(TASKS)
     else:
         tasks = args.tasks.split(",")
     if args.section == "ablation":
@@ -464,31 +469,21 @@ def main(argv: list[str] | None = None) -> dict:
             except ValueError as error:
                 parser.error(str(error))
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    started = time.perf_counter()
-    report = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "section": args.section,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_start": os.getloadavg(),
-    }
+    report = Report(args.section)
     if args.section == "commands":
-        report["commands"] = benchmark_commands(tasks, seeds)
+        report["commands"], table = benchmark_commands(tasks, seeds)
     elif args.section == "ablation":
-        report["ablation"] = {task: benchmark_ablation(task, seeds) for task in tasks}
+        ablations = {task: benchmark_ablation(task, seeds) for task in tasks}
+        report["ablation"] = {task: ablation for task, (ablation, _) in ablations.items()}
+        table = "\n\n".join(text for _, text in ablations.values())
     elif args.section == "bart":
-        report["bart"] = benchmark_bart(tasks, seeds, args.budget, args.test_size)
+        report["bart"], table = benchmark_bart(tasks, seeds, args.budget, args.test_size)
     else:
         test_size = 10 if args.smoke else args.test_size
-        report["length"] = benchmark_length(tasks, seeds[0], args.budget, test_size, args.max_steps, smoke=args.smoke)
-    report["load_average_end"] = os.getloadavg()
-    report["wall_s"] = time.perf_counter() - started
-    print(
-        f"{report['date']}  torch {torch.__version__}, transformers {transformers.__version__}; load average "
-        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {report['wall_s']:.0f} s"
-    )
-    write_report(args.output, report)
+        report["length"], table = benchmark_length(
+            tasks, seeds[0], args.budget, test_size, args.max_steps, 5 if args.smoke else args.typed_inputs, args.smoke
+        )
+    report.finish(table, f"section {args.section}, seeds {args.seeds}", args.output)
     return report
 
 

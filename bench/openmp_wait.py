@@ -3,10 +3,10 @@
 (libgomp's default) and sleeping (`OMP_WAIT_POLICY=PASSIVE`), on free CPUs and next to a process that keeps one CPU
 busy.
 
-    python bench/openmp_wait.py [--repeats 5] [--steps 30] [--rows reverse,sort] [--output report.json]
+    python -m bench.openmp_wait [--repeats 5] [--steps 30] [--rows reverse,sort] [--output report.json]
 
 OpenMP reads the policy once, as torch loads, so each measurement is a fresh process (this script with `--child`)
-timing `--steps` Trainer-like optimizer steps (bench/distributed.py's: clipping, fused AdamW, autocast where train.py
+timing `--steps` Trainer-like optimizer steps (bench/distributed_training.py's: clipping, fused AdamW, autocast where train.py
 uses bf16) of a built-in task's model, batch and longest sequences as train.py's defaults make them, after 3 untimed
 ones; the two policies run in turn, `--repeats` times each. Printed: the median of the processes' median step times,
 and sleeping / spinning (above 1: spinning pays).
@@ -18,13 +18,12 @@ import os
 import statistics
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from distributed import build_model, default_workload, random_batch, smoke_workload, training_step
 
-from timing import alternate
+from bench.common import REPOSITORY, Report, alternate
+from bench.distributed_training import default_workload, random_batch, smoke_workload, training_step, workload_model
 
 TASKS = ("reverse", "sort")  # reverse: relative positions, float32, b32; sort: learned, bf16 where native, b64
 BUSY_LOOP = (sys.executable, "-c", "while True: pass")
@@ -32,7 +31,7 @@ BUSY_LOOP = (sys.executable, "-c", "while True: pass")
 
 def time_steps(workload: dict, steps: int) -> float:
     """Median milliseconds of `steps` optimizer steps of `workload` (in this process, under its wait policy)."""
-    model = build_model(workload)
+    model = workload_model(workload)
     autocast_dtype = torch.bfloat16 if workload["bf16"] else None
     step = training_step(model, model, workload, random_batch(workload, seed=1), autocast_dtype)
     return statistics.median(alternate({"step": step}, steps, warmup=3)["step"]) * 1e3
@@ -43,8 +42,8 @@ def measure(workload: dict, policy: str | None, steps: int) -> float:
     environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     if policy is not None:
         environment["OMP_WAIT_POLICY"] = policy
-    command = [sys.executable, __file__, "--child", json.dumps(workload), "--steps", str(steps)]
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "bench.openmp_wait", "--child", json.dumps(workload), "--steps", str(steps)]
+    completed = subprocess.run(command, env=environment, cwd=REPOSITORY, capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.splitlines()[-1])["step_ms"]
 
 
@@ -63,12 +62,12 @@ def compare(task: str, workload: dict, neighbour: bool, repeats: int, steps: int
     ratio = statistics.median(sleep / spin for spin, sleep in zip(times["spin"], times["sleep"]))
     medians = {name: statistics.median(values) for name, values in times.items()}
     where = "next to a busy process" if neighbour else "CPUs otherwise free"
-    print(
+    line = (
         f"{task + ' step, ' + where:45s} spin {medians['spin']:7.1f} ms   sleep {medians['sleep']:7.1f} ms   "
         f"sleep/spin {ratio:5.2f}x"
     )
     return {"row": task, "busy_neighbour": neighbour, "spin_ms": medians["spin"], "sleep_ms": medians["sleep"],
-            "sleep_over_spin": ratio}  # fmt: skip
+            "sleep_over_spin": ratio, "line": line}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -86,26 +85,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.child:
         print(json.dumps({"step_ms": time_steps(json.loads(args.child), args.steps)}))
         return []
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; medians over {args.repeats} processes per policy")
-    load_before = os.getloadavg()
+    report = Report("smoke" if args.smoke else "full", repeats=args.repeats, steps=args.steps)
     workloads = {task: smoke_workload() if args.smoke else default_workload(task) for task in chosen}
     rows = [
         compare(task, workloads[task], neighbour, args.repeats, args.steps)
         for neighbour in (False, True)
         for task in chosen
     ]
-    if args.output:
-        report = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "repeats": args.repeats,
-            "steps": args.steps,
-            "load_average_start": load_before,
-            "load_average_end": os.getloadavg(),
-            "rows": rows,
-        }
-        args.output.write_text(json.dumps(report, indent=1))
+    report["rows"] = rows
+    table = "\n".join(row["line"] for row in rows)
+    report.finish(table, f"medians over {args.repeats} processes per policy, {args.steps} steps each", args.output)
     return rows
 
 

@@ -1,20 +1,17 @@
 #!/usr/bin/env python
 """What each speed path of hf_tiny_transformer/fast_paths_tiny_transformer.py is worth on a path users run.
 
-    python bench/speed_paths.py [--threads 1] [--repeats 15]
+    python -m bench.speed_paths [--threads 1] [--repeats 15]
 
 Each row times one user path (a training step with the config's default dropout 0.1, greedy generation) with the
 speed path and with the plain code it replaces, on the same model and inputs, the two alternating; it prints the
 medians and their ratio (plain / ours: above 1 means the speed path pays). The plain variants:
 - `F.dropout` instead of the 16-bit CPU dropout (`apply_dropout`);
-- transformers' `DynamicLayer`, which concatenates the whole cache at every step, instead of `InPlaceAppendLayer`;
-- `nn.Linear` ([out, in] weights, the same values) instead of the [in, out] `TinyTransformerProjection`;
 - transformers' general `prepare_inputs_for_generation` instead of `lean_generation_inputs`;
 - SDPA's own bf16 backward instead of the eager attention for bf16 training on a CPU (`sdpa_backward_is_slow`).
 """
 
 import argparse
-import copy
 import statistics
 from collections.abc import Callable
 
@@ -24,10 +21,8 @@ import transformers
 from transformers import GenerationConfig, GenerationMixin
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
+from bench.common import alternate
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer.fast_paths_tiny_transformer import TinyTransformerProjection
-
-from timing import alternate
 
 SMALL = dict(vocab_size=128, d_model=128, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=512)
 SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32)
@@ -35,20 +30,6 @@ SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_
 
 def plain_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(hidden_states, p=p, training=training) if p > 0.0 else hidden_states
-
-
-def with_linear_projections(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose [in, out] projections are `nn.Linear`s holding the same (transposed) weights."""
-    twin = copy.deepcopy(model)
-    for module in list(twin.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, TinyTransformerProjection):
-                linear = torch.nn.Linear(child.nx, child.nf)
-                with torch.no_grad():
-                    linear.weight.copy_(child.weight.t())
-                    linear.bias.copy_(child.bias)
-                setattr(module, name, linear)
-    return twin
 
 
 class Patched:
@@ -123,17 +104,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{sizes['decoder_layers']} layers")  # fmt: skip
     torch.manual_seed(0)
     model = TinyTransformerForConditionalGeneration(TinyTransformerConfig(**sizes, dropout=0.1))
-    linear_model = with_linear_projections(model)
     rows = []
 
     step = training_step(model, batch, length)
     rows.append(compare(
         f"CPU dropout: training step, dropout 0.1, b{batch} {length}+{length}",
         step, Patched(step, {(modeling, "apply_dropout"): plain_dropout}), args.repeats,
-    ))  # fmt: skip
-    rows.append(compare(
-        f"[in, out] projections: training step, b{batch} {length}+{length}",
-        step, training_step(linear_model, batch, length), args.repeats,
     ))  # fmt: skip
     bf16_step = training_step(model, batch, length, bf16=True)
     rows.append(compare(
@@ -142,14 +118,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ))  # fmt: skip
     for generate_batch in (1, batch):
         run = generation(model, generate_batch, length, new_tokens)
-        rows.append(compare(
-            f"in-place cache: greedy, b{generate_batch}, {new_tokens} tokens",
-            run, Patched(run, {(modeling, "append_in_place"): lambda cache: None}), args.repeats,
-        ))  # fmt: skip
-        rows.append(compare(
-            f"[in, out] projections: greedy, b{generate_batch}, {new_tokens} tokens",
-            run, generation(linear_model, generate_batch, length, new_tokens), args.repeats,
-        ))  # fmt: skip
         general = GenerationMixin.prepare_inputs_for_generation
         rows.append(compare(
             f"lean step inputs: greedy, b{generate_batch}, {new_tokens} tokens",

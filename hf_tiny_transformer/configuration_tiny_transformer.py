@@ -1,6 +1,7 @@
 """Configuration of TinyTransformer, a compact encoder-decoder Transformer.
 
-This file is copied next to the weights by `save_pretrained`, so it imports only transformers.
+This file is copied next to the weights by `save_pretrained`, so it imports only transformers and huggingface_hub
+(a dependency of transformers).
 """
 
 from huggingface_hub.errors import StrictDataclassError
@@ -9,6 +10,10 @@ from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 NORM_POSITIONS = ("pre", "post")
+# How a checkpoint stores its projection weights: "out_in" as `nn.Linear` ([out_features, in_features], every
+# checkpoint saved since the projections became `nn.Linear`s), "in_out" as transformers' `Conv1D` (the earlier layout,
+# whose `config.json` has no `projection_layout` field).
+PROJECTION_LAYOUTS = ("out_in", "in_out")
 # Sizes: each a positive integer.
 SIZE_FIELDS = (
     "vocab_size",
@@ -70,10 +75,22 @@ class TinyTransformerConfig(PretrainedConfig):
             trained on sequences of 1-25 integers, copy and reverse held 94-96% exact match on 26-50 with 8 / 6,
             against 36% (copy) with T5's 32 / 128, as distances never seen in training no longer get buckets of
             their own (bench/README.md).
+        relative_attention_reference_length (`int`, *optional*): `"relative"` positions only: the most tokens
+            (`</s>` included) of a source seen in training. On a longer source of n tokens the encoder-decoder
+            position bias is multiplied by (log n / log reference_length)², so that the source token a head points
+            at keeps its share of the attention among more keys than training ever spread it over (attention over n
+            keys is diluted as n grows; scalable softmax, Nakanishi 2025). Sources no longer than it are unchanged.
+            Reverse trained on 1-50 integers, on a run of one value inside 51-100 random ones: 68% exact match
+            without, 100% with (bench/README.md, "Typed inputs"). `None` (default): no scaling; train.py sets it.
         norm_position (`str`, defaults to `"pre"`): `"pre"` puts LayerNorm before each sub-layer (and one after
             the last layer), `"post"` after each residual addition, as in the original paper.
         tie_word_embeddings (`bool`, defaults to `True`): share one matrix between the encoder's and decoder's
             token embeddings and the output projection.
+        projection_layout (`str`, defaults to `"out_in"`): how the checkpoint stores its projection weights:
+            `"out_in"`, as `nn.Linear` ([out_features, in_features]), which every model builds and `save_pretrained`
+            writes; or `"in_out"` ([in_features, out_features]), the layout of checkpoints saved before the
+            projections were `nn.Linear`s. A `config.json` without the field is such a checkpoint, and
+            `from_pretrained` transposes its projection weights as it loads them.
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal initialisation, > 0.
         use_cache (`bool`, defaults to `True`): return and reuse key/value states during generation.
         pad_token_id, bos_token_id, eos_token_id, decoder_start_token_id (`int`): special token ids, each in
@@ -106,8 +123,10 @@ class TinyTransformerConfig(PretrainedConfig):
     position_embedding_type: str = "sinusoidal"
     relative_attention_num_buckets: int = 8
     relative_attention_max_distance: int = 6
+    relative_attention_reference_length: int | None = None
     norm_position: str = "pre"
     tie_word_embeddings: bool = True
+    projection_layout: str = "out_in"
     initializer_range: float = 0.02
     use_cache: bool = True
     pad_token_id: int | None = 0
@@ -134,6 +153,9 @@ class TinyTransformerConfig(PretrainedConfig):
         missing = [name for name in required if name not in config_dict and name not in kwargs]
         if missing:
             raise ValueError(f"Invalid TinyTransformer `config.json`: missing field(s) {', '.join(missing)}.")
+        if "projection_layout" not in config_dict and "projection_layout" not in kwargs:
+            # Written by every save since the projections became `nn.Linear`s: a file without it has the earlier one.
+            config_dict = {**config_dict, "projection_layout": "in_out"}
         try:
             return super().from_dict(config_dict, **kwargs)
         except (ValueError, StrictDataclassError) as error:
@@ -172,6 +194,11 @@ class TinyTransformerConfig(PretrainedConfig):
                 f"`relative_attention_max_distance` ({self.relative_attention_max_distance}) must be greater than half "
                 f"of `relative_attention_num_buckets` ({self.relative_attention_num_buckets})."
             )
+        reference = self.relative_attention_reference_length
+        if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 2):
+            raise ValueError(
+                f"`relative_attention_reference_length` must be None or an integer of at least 2, got {reference!r}."
+            )
         for name in ("dropout", "attention_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -191,6 +218,10 @@ class TinyTransformerConfig(PretrainedConfig):
             )
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"`norm_position` must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
+        if self.projection_layout not in PROJECTION_LAYOUTS:
+            raise ValueError(
+                f"`projection_layout` must be one of {PROJECTION_LAYOUTS}, got {self.projection_layout!r}."
+            )
         for name in ("tie_word_embeddings", "use_cache", "is_encoder_decoder"):
             # A JSON string such as "false" would otherwise count as True.
             if not isinstance(getattr(self, name), bool):

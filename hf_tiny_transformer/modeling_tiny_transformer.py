@@ -1,13 +1,18 @@
 """TinyTransformer: a compact encoder-decoder Transformer for transformers 5.x.
 
-The attention follows the project's design document (shared/seed/transformer-design.md):
+The attention is that of "Attention Is All You Need" (Vaswani et al. 2017, arXiv:1706.03762), written as the
+equations of docs/design.md in the repository:
 
-    Q = X W_q,  K = X W_k,  V = X W_v                         (§3.1 step 1, one fused projection)
-    S = Q Kᵀ / √d                                              (§3.1 step 2, d = head width)
-    α = softmax(S) row by row,  O = α V                        (§3.1 steps 2-3)
-    heads split before S and recombined after O                (multi-head attention)
-    K = H W_k, V = H W_v from encoder states H, Q = S W_q      (§3.2, encoder-decoder attention)
-    Y = S + O'                                                 (§3.2 step 4, residual around it)
+    Q = X W_q,  K = X W_k,  V = X W_v                         (§1 step 1, one fused projection)
+    S = Q Kᵀ / √d                                              (§1 step 2, d = head width)
+    α = softmax(S) row by row,  O = α V                        (§1 steps 2-3)
+    heads split before S and recombined after O                (§2, multi-head attention)
+    K = H W_k, V = H W_v from encoder states H, Q = S W_q      (§3, encoder-decoder attention)
+    Y = S + O'                                                 (§3 step 4, residual around it)
+
+Every projection is an `nn.Linear`, which stores the equations' matrix transposed ([out, in], as transformers'
+in-tree models do) and computes X (W_qᵀ)ᵀ = X W_q; checkpoints saved with the earlier [in, out] layout are converted
+as they load (checkpoint_checks_tiny_transformer.py).
 
 The encoder uses bidirectional self-attention with padding masks, the decoder causal self-attention followed by
 encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
@@ -52,13 +57,7 @@ from .absolute_positions_tiny_transformer import (
 )
 from .checkpoint_checks_tiny_transformer import load_checked
 from .configuration_tiny_transformer import TinyTransformerConfig
-from .fast_paths_tiny_transformer import (
-    TinyTransformerProjection,
-    append_in_place,
-    apply_dropout,
-    lean_generation_inputs,
-    sdpa_backward_is_slow,
-)
+from .fast_paths_tiny_transformer import apply_dropout, lean_generation_inputs, sdpa_backward_is_slow
 from .input_checks_tiny_transformer import (
     check_attention_mask,
     check_encoder_states,
@@ -115,8 +114,11 @@ class TinyTransformerScaledEmbedding(nn.Embedding):
 #   runs its unmasked kernel;
 # - SDPA and eager: a boolean [batch, 1, 1 or query, key] tensor, True where a key may be attended; with relative
 #   positions an additive float [batch or 1, heads, query, key] tensor, the position bias B where a key may be
-#   attended and a large negative score where not;
-# - other backends (flash, flex, ...): the formats transformers' `create_*_mask` builds for them.
+#   attended and MASKED_SCORE where not;
+# - other backends (flash, flex, ...), static caches and 4-D masks given by the caller: the formats transformers'
+#   `create_*_mask` builds.
+# Where a causal attention gets no mask but still needs one (the eager attention, a relative position bias),
+# `causal_keys` builds it; every score a mask removes becomes MASKED_SCORE.
 MASKED_SCORE = torch.finfo(torch.float16).min  # representable in every float dtype, so autocast keeps it finite
 
 
@@ -188,7 +190,7 @@ def eager_attention_forward(
         attention_mask = causal_keys(query_length, key_length, scores.device)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~attention_mask, MASKED_SCORE)
         else:
             scores = scores + attention_mask[..., :key_length]  # + B, with relative positions
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # α = row softmax(S)
@@ -217,11 +219,11 @@ class TinyTransformerAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         if is_cross_attention:
-            self.q_proj = TinyTransformerProjection(config.d_model, config.d_model)
-            self.kv_proj = TinyTransformerProjection(config.d_model, 2 * config.d_model)
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
         else:
-            self.qkv_proj = TinyTransformerProjection(config.d_model, 3 * config.d_model)
-        self.out_proj = TinyTransformerProjection(config.d_model, config.d_model)
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(
         self,
@@ -307,9 +309,9 @@ class TinyTransformerFeedForward(nn.Module):
 
     def __init__(self, config: TinyTransformerConfig):
         super().__init__()
-        self.fc1 = TinyTransformerProjection(config.d_model, config.ffn_dim)
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.activation = ACT2FN[config.activation_function]
-        self.fc2 = TinyTransformerProjection(config.ffn_dim, config.d_model)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(hidden_states)))
@@ -387,11 +389,8 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, TinyTransformerProjection):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            init.zeros_(module.bias)
-        elif isinstance(module, TinyTransformerSinusoidalPositions):
+        super()._init_weights(module)  # Linear and Embedding: normal(0, initializer_range); LayerNorm: ones, zeros
+        if isinstance(module, TinyTransformerSinusoidalPositions):
             # Non-persistent, so not in the checkpoint: from_pretrained leaves it uninitialised unless rebuilt here.
             init.copy_(module.weight, sinusoidal_position_table(*module.weight.shape))
 
@@ -405,6 +404,7 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Each class registers one Auto class; list all three so the checkpoint loads through any of them.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        self.config.projection_layout = "out_in"  # the weights are `nn.Linear`s, whatever config built the model
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -514,8 +514,6 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
         elif not isinstance(cache, EncoderDecoderCache):
             raise ValueError(f"The decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
         past_length = cache.get_seq_length() if cache is not None else 0
-        if cache is not None and not is_torchdynamo_compiling() and past_length == 0:
-            append_in_place(cache.self_attention_cache)  # a fresh cache: swapped once, at its first step
         # Once the cache holds the encoder-decoder K and V, the encoder side was checked at the generation's first step.
         encoder_side_checked = cache is not None and bool(cache.is_updated.get(0))
         check_attention_mask(

@@ -4,7 +4,7 @@ scores, S = QKᵀ/√d + B, that depend on the bucketed distance between query a
 
 With no position vectors, nothing in the model depends on where a sequence ends, so it runs on sequences longer than
 any it was trained on (how far it holds: bench/README.md). This file is copied next to the weights by
-`save_pretrained` (the model file imports it), so it imports only torch and transformers.
+`save_pretrained` (the model file imports it), so it imports only torch and the config.
 """
 
 import math
@@ -89,7 +89,8 @@ class TinyTransformerDecoderPositionBias(nn.Module):
 
     Encoder-decoder attention compares output position i with source position j counted from the start of the source
     and from its end (</s> is 0): B = b_start(j - i) + b_end(j' - i). Either count lets a head find "the source token
-    at my own distance from the start (or the end)", which copying and reversing need, at any length.
+    at my own distance from the start (or the end)", which copying and reversing need, at any length. Past the
+    config's `relative_attention_reference_length`, B grows with log n against the dilution of attention over n keys.
     """
 
     def __init__(self, config: TinyTransformerConfig):
@@ -107,6 +108,13 @@ class TinyTransformerDecoderPositionBias(nn.Module):
         the encoder-decoder attention's as [batch or 1, heads, query, source]."""
         check_backend(self.config)
         key_positions = torch.arange(key_length, device=position_ids.device)[None]
-        from_end = source_positions.max(-1, keepdim=True).values - source_positions
+        last_position = source_positions.max(-1, keepdim=True).values
+        from_end = last_position - source_positions
         encoder_attention_bias = self.from_start(position_ids, source_positions) + self.from_end(position_ids, from_end)
+        reference = self.config.relative_attention_reference_length
+        if reference is not None:
+            # × (log n / log reference)² for a source of n > reference tokens, per row: [batch or 1, 1, 1, 1].
+            source_tokens = (last_position + 1).to(encoder_attention_bias.dtype)[:, :, None, None]
+            scale = (torch.log(source_tokens) / math.log(reference)).clamp(min=1.0) ** 2
+            encoder_attention_bias = encoder_attention_bias * scale
         return self.self_attention(position_ids, key_positions), encoder_attention_bias

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
+from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES  # noqa: E402
 
 THREADS_VARIABLE = "TINY_TRANSFORMER_TEST_THREADS"
 
@@ -55,8 +56,6 @@ elif os.environ.get("PYTEST_XDIST_WORKER"):
     # intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
     # tests ran up to 10x slower so).
     torch.set_num_threads(1)
-
-POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "relative")
 
 
 @pytest.fixture(scope="session")
@@ -149,17 +148,32 @@ def batch():
     return make
 
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
 @pytest.fixture
-def bench(monkeypatch):
-    """`bench(script)`: the module of bench/<script>.py, imported as `python bench/<script>.py` imports it (its folder
-    first on sys.path, for its sibling modules), so that a test runs its `main(arguments)` in this process instead of
+def bench():
+    """`bench(script)`: the module bench.<script>, as `python -m bench.<script>` imports it from the repository root
+    (pytest's `pythonpath`, pyproject.toml), so that a test runs its `main(arguments)` in this process instead of
     paying a new interpreter's seconds of imports. The thread count and transformers' verbosity that the scripts'
     mains set are restored afterwards."""
-    monkeypatch.syspath_prepend(str(BENCH))
     threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
-    yield importlib.import_module
+    yield lambda script: importlib.import_module(f"bench.{script}")
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity(verbosity)
+
+
+def child_environment(tmp: Path) -> dict[str, str]:
+    """The environment of a child process (a training run, a launcher): no network, caches under `tmp`, and the
+    child processes' threads (CHILD_THREADS: one, torchrun's own default, unless TINY_TRANSFORMER_TEST_THREADS forces
+    another count)."""
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp / "hf_home"),
+        "HF_DATASETS_CACHE": str(tmp / "datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(CHILD_THREADS),
+    }
+
+
+@pytest.fixture(scope="session")
+def environment():
+    """`environment(tmp)`: child_environment, for tests and fixtures of any scope."""
+    return child_environment

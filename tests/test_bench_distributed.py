@@ -1,5 +1,5 @@
-"""bench/distributed.py as a user runs it (a command that launches its torchrun workers), on a tiny model with two
-steps per variant: every figure is reported. It times nothing here (figures on a test machine mean nothing)."""
+"""bench/distributed_training.py as a user runs it (`python -m bench.distributed_training` from the repository root,
+a command that launches its torchrun workers), on a tiny model with two steps per variant: every figure is reported. It times nothing here (figures on a test machine mean nothing)."""
 
 import json
 import subprocess
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_distributed_benchmark_reports_every_measurement(tmp_path):
     output = tmp_path / "distributed.json"
     completed = subprocess.run(
-        [sys.executable, str(BENCH / "distributed.py"), "--smoke", "--output", str(output)],
-        capture_output=True, text=True, timeout=600, check=False,
+        [sys.executable, "-m", "bench.distributed_training", "--smoke", "--output", str(output)],
+        cwd=REPOSITORY, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-5000:]
     printed = completed.stdout

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from hf_tiny_transformer_train import train
+from hf_tiny_transformer_train.typed_inputs import FAMILIES
 
 
 @pytest.mark.slow
@@ -15,9 +16,16 @@ def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisati
     printed = capsys.readouterr().out
     report = json.loads(output.read_text())["length"]["copy"]
     assert set(report) == {"ours, sinusoidal", "ours, learned", "ours, relative", "BART (learned)"}
+    families = {f"{family} {lengths}" for family in FAMILIES for lengths in ("1-25", "26-50", "51-100")}
     for result in report.values():
-        assert set(result["exact_match"]) == {"1-25", "26-50", "51-100"}
+        # Uniform inputs and every typed-input family at each length range (short repeats only at 1-25).
+        assert set(result["exact_match"]) == {"1-25", "26-50", "51-100"} | families - {
+            "short_repeats 26-50",
+            "short_repeats 51-100",
+        }
+        assert all(0 <= value <= 1 for value in result["exact_match"].values())
     assert "copy, ours, relative" in printed
+    assert "copy, ours, relative, 51-100" in printed.split("Typed inputs")[1]
 
 
 def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them(bench, capsys):

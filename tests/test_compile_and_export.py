@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +66,38 @@ def test_compiled_static_cache_generation_matches_eager(make_model, batch):
     model.forward = torch.compile(model.forward, fullgraph=False, dynamic=False)
     compiled = model.generate(input_ids, attention_mask=attention_mask, **settings)
     assert torch.equal(eager, compiled)
+
+
+def test_forward_with_a_cache_exports_and_gives_back_the_same_cache_as_eager(make_model, batch):
+    """The exported forward and the eager one return the caller's cache with the same layers and tensors (what
+    transformers' export tests compare): no layer of the model's own, no buffer with unwritten slots."""
+    model = make_model()
+    input_ids, attention_mask = batch(40, [7, 4])
+
+    def inputs() -> dict:
+        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": input_ids[:, :5],
+            "use_cache": True,
+            CACHE_FIELD: cache,
+        }
+
+    # transformers' exporters register its cache classes as pytree nodes, so that a cache can be an input.
+    pytest.importorskip("transformers.exporters.exporter_dynamo").register_cache_pytrees_for_model(model)
+    exported = torch.export.export(model, args=(), kwargs=inputs(), strict=False)
+    with torch.no_grad():
+        eager = model(**inputs())
+        replayed = exported.module()(**inputs())
+    torch.testing.assert_close(replayed.logits, eager.logits)
+    for side in ("self_attention_cache", "cross_attention_cache"):
+        eager_layers = getattr(getattr(eager, CACHE_FIELD), side).layers
+        replayed_layers = getattr(getattr(replayed, CACHE_FIELD), side).layers
+        assert [type(layer) for layer in eager_layers] == [type(layer) for layer in replayed_layers]
+        for eager_layer, replayed_layer in zip(eager_layers, replayed_layers):
+            eager_tensors = {name: value for name, value in vars(eager_layer).items() if torch.is_tensor(value)}
+            replayed_tensors = {name: value for name, value in vars(replayed_layer).items() if torch.is_tensor(value)}
+            assert set(eager_tensors) == set(replayed_tensors)
+            for name, tensor in eager_tensors.items():
+                torch.testing.assert_close(replayed_tensors[name], tensor)

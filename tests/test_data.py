@@ -1,3 +1,5 @@
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +9,15 @@ import numpy as np
 import pytest
 
 from hf_tiny_transformer_train import data
-from hf_tiny_transformer_train.data import SPLITS, TASKS, build_corpus, generate_examples, make_example, split_of
+from hf_tiny_transformer_train.data import (
+    SPLITS,
+    TASKS,
+    build_corpus,
+    generate_examples,
+    make_example,
+    split_of,
+    task_target,
+)
 
 SMALL = {"seed": 0, "train_size": 300, "validation_size": 40, "test_size": 60, "min_length": 1, "max_length": 8}
 
@@ -90,6 +100,71 @@ def test_examples_are_typed_as_a_person_would():
         for text in example.values():
             assert text == text.strip()
             assert "  " not in text
+
+
+# sha256 of the examples' JSON lines, train then test, 300 each, lengths 1-12, seed 0. Uniform draws (no share drawn
+# with repeats) are still the corpus of CORPUS_VERSION 3; version 5 added the share drawn with repeats (data.draw_values).
+# A change to the drawing or to the targets changes them; bump CORPUS_VERSION then, so older caches are not reused.
+CORPUS_DIGESTS = {
+    ("copy", 0.0): "ee0dea1c716d3280",
+    ("reverse", 0.0): "d7b42e93339e6600",
+    ("sort", 0.0): "07e81f44fd23daa1",
+    ("add", 0.0): "ac6aac3c24208106",
+    ("copy", 0.5): "6dd741e1b0483aa2",
+    ("reverse", 0.5): "be16441f2968e27d",
+    ("sort", 0.5): "ae9d684fe9ba8e8b",
+}
+
+
+@pytest.mark.parametrize("task, repeated_values_share", CORPUS_DIGESTS)
+def test_corpus_is_byte_for_byte_that_of_its_corpus_version(task, repeated_values_share):
+    assert data.CORPUS_VERSION == 5
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for example in generate_examples(task, split, 300, 1, 12, seed=0, repeated_values_share=repeated_values_share):
+            digest.update(json.dumps(example, sort_keys=True).encode())
+    assert digest.hexdigest()[:16] == CORPUS_DIGESTS[task, repeated_values_share]
+
+
+@pytest.mark.parametrize(
+    "task, source, target",
+    [
+        ("copy", "42 7 42 13", "42 7 42 13"),
+        ("reverse", "42 7 42 13", "13 42 7 42"),
+        ("sort", "42 7 42 13", "7 13 42 42"),
+        ("sort", "9 10 100", "9 10 100"),  # as integers, not as text
+        ("add", "0 4 0 7 + 0 0 9 5", "2 0 5 0 0"),
+        ("add", "4 0 7 + 9 5", "2 0 5 0"),  # operands of different lengths: one digit more than the longer
+        ("add", "9 + 9", "8 1"),
+    ],
+)
+def test_task_target_is_the_right_answer(task, source, target):
+    assert task_target(task, source) == target
+
+
+def test_task_target_is_the_target_of_every_example_drawn():
+    rng = np.random.default_rng(0)
+    for task in TASKS:
+        for _ in range(50):
+            example = make_example(task, rng, 1, 12)
+            assert task_target(task, example["source"]) == example["target"]
+
+
+@pytest.mark.parametrize(
+    "task, source, message",
+    [
+        ("divide", "1 2", "task must be one of"),
+        ("reverse", "1 two 3", "integers separated by spaces"),
+        ("sort", "1 -2", "integers separated by spaces"),
+        ("add", "1 2 3", "around one '\\+'"),
+        ("add", "1 + 2 + 3", "around one '\\+'"),
+        ("add", "+ 3", "around one '\\+'"),
+        ("add", "12 + 3", "one digit a word"),
+    ],
+)
+def test_task_target_refuses_a_source_the_task_cannot_answer(task, source, message):
+    with pytest.raises(ValueError, match=message):
+        task_target(task, source)
 
 
 def test_a_split_without_sources_fails_clearly_instead_of_looping(monkeypatch):

@@ -6,7 +6,6 @@ The benchmark's smoke run is in test_bench_distributed.py.
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,8 +21,7 @@ from hf_tiny_transformer import TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train import train
 
 TESTS = Path(__file__).resolve().parent
-TRAIN_SCRIPT = TESTS.parent / "train" / "train.py"
-FULLY_SHARD_SCRIPT = TESTS / "train_with_fully_shard.py"
+FULLY_SHARD_SCRIPT = TESTS / "launched" / "train_with_fully_shard.py"
 DDP_CONFIG = TESTS.parent / "train" / "accelerate" / "ddp.yaml"
 TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
@@ -100,35 +98,23 @@ with open(f"{args.output_dir}/rank{args.process_index}.json", "w") as file:
 """
 
 
-def environment(tmp: Path) -> dict[str, str]:
-    """No network and caches under `tmp`; each process's threads are the tests' (OMP_NUM_THREADS, set by conftest.py:
-    one unless TINY_TRANSFORMER_TEST_THREADS says otherwise; one is also torchrun's own default)."""
-    return {
-        **os.environ,
-        "HF_HOME": str(tmp / "hf_home"),
-        "HF_DATASETS_CACHE": str(tmp / "datasets"),
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
-def run(command: list[str], tmp: Path) -> None:
-    completed = subprocess.run(
-        command, env=environment(tmp), cwd=tmp, capture_output=True, text=True, timeout=600, check=False
-    )
+def run(command: list[str], tmp: Path, env: dict[str, str]) -> None:
+    completed = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=600, check=False)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-5000:]
 
 
-def run_probe(tmp: Path, *flags: str) -> dict:
+def run_probe(tmp: Path, env: dict[str, str], *flags: str) -> dict:
     probe = tmp / "probe.py"
     probe.write_text(PROBE)
     output_dir = tmp / "run"
-    run([sys.executable, str(probe), *SHORT_RUN, "--output_dir", str(output_dir), *flags], tmp)
+    run([sys.executable, str(probe), *SHORT_RUN, "--output_dir", str(output_dir), *flags], tmp, env)
     return json.loads((output_dir / "probe.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def fp32_eager_run(tmp_path_factory) -> dict:
-    return run_probe(tmp_path_factory.mktemp("fp32"))
+def fp32_eager_run(tmp_path_factory, environment) -> dict:
+    tmp = tmp_path_factory.mktemp("fp32")
+    return run_probe(tmp, environment(tmp))
 
 
 # DDP: train.py's defaults.
@@ -149,7 +135,7 @@ def test_train_script_uses_the_cpu_explicitly_where_there_is_no_accelerator():
 
 
 @pytest.mark.slow
-def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_processes(tmp_path):
+def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_processes(tmp_path, environment):
     # The GPU config of the README, on a machine without GPU: train.py's use_cpu default makes it DDP over gloo.
     # Accelerate starts the processes with torch.distributed.run, the launcher of `torchrun --nproc_per_node 2`.
     probe = tmp_path / "launch_probe.py"
@@ -166,7 +152,7 @@ def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_pro
     ]
     flags = ["--train_size", "256", "--per_device_train_batch_size", "8", "--max_steps", "-1",
              "--num_train_epochs", "1", "--output_dir", str(output_dir)]  # fmt: skip
-    run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path)
+    run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path, environment(tmp_path))
     reports = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     for rank, report in enumerate(reports):
         assert {key: value for key, value in report.items() if key != "parameters_sha256"} == {
@@ -205,7 +191,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_nodes_started_by_their_own_launchers_train_one_run_written_once_by_rank_0(tmp_path):
+def test_two_nodes_started_by_their_own_launchers_train_one_run_written_once_by_rank_0(tmp_path, environment):
     # Each node has its own disk (working folder, caches and the same relative --output_dir) and its own launcher
     # with one process; they meet at node 0's address as two machines would. Each process runs train.py's main and
     # then reports its weights (LAUNCH_PROBE).
@@ -264,10 +250,10 @@ def test_two_nodes_started_by_their_own_launchers_train_one_run_written_once_by_
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_cpu_processes_trains_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
+def test_fsdp_on_two_cpu_processes_trains_the_weights_of_one_process_with_the_same_global_batch(tmp_path, environment):
     one_process, sharded = tmp_path / "one-process", tmp_path / "fsdp"
-    run([sys.executable, str(FULLY_SHARD_SCRIPT), str(one_process)], tmp_path)
-    run([*TORCHRUN_2, str(FULLY_SHARD_SCRIPT), str(sharded)], tmp_path)
+    run([sys.executable, str(FULLY_SHARD_SCRIPT), str(one_process)], tmp_path, environment(tmp_path))
+    run([*TORCHRUN_2, str(FULLY_SHARD_SCRIPT), str(sharded)], tmp_path, environment(tmp_path))
 
     reports = [json.loads((sharded / f"rank{rank}.json").read_text()) for rank in range(2)]
     full_parameters = reports[0]["full_parameters"]
@@ -301,8 +287,10 @@ def test_fsdp_on_two_cpu_processes_trains_the_weights_of_one_process_with_the_sa
 
 
 @pytest.mark.slow
-def test_bf16_run_computes_in_bf16_saves_fp32_weights_and_follows_the_fp32_loss_curve(fp32_eager_run, tmp_path):
-    bf16_run = run_probe(tmp_path, "--bf16", "true")
+def test_bf16_run_computes_in_bf16_saves_fp32_weights_and_follows_the_fp32_loss_curve(
+    fp32_eager_run, tmp_path, environment
+):
+    bf16_run = run_probe(tmp_path, environment(tmp_path), "--bf16", "true")
     assert bf16_run["mixed_precision"] == "bf16" and bf16_run["lm_head_output_dtype"] == "torch.bfloat16"
     assert fp32_eager_run["lm_head_output_dtype"] == "torch.float32"
     assert bf16_run["saved_dtypes"] == ["torch.float32"]  # autocast: the weights themselves stay fp32
@@ -314,8 +302,8 @@ def test_bf16_run_computes_in_bf16_saves_fp32_weights_and_follows_the_fp32_loss_
 
 
 @pytest.mark.slow
-def test_compiled_run_gives_the_eager_loss(fp32_eager_run, tmp_path):
-    compiled_run = run_probe(tmp_path, "--torch_compile", "true")
+def test_compiled_run_gives_the_eager_loss(fp32_eager_run, tmp_path, environment):
+    compiled_run = run_probe(tmp_path, environment(tmp_path), "--torch_compile", "true")
     assert compiled_run["wrapped_model"] == "OptimizedModule" and fp32_eager_run["wrapped_model"] != "OptimizedModule"
     assert compiled_run["saved_dtypes"] == ["torch.float32"]
     assert len(compiled_run["losses"]) == len(fp32_eager_run["losses"]) == 20

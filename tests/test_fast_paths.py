@@ -1,15 +1,15 @@
 """The pieces that exist for speed give the same results as the plain versions they replace.
 
-CPU dropout from 16-bit draws, the in-place self-attention cache and the lean per-step input preparation of
-generate() are each compared with torch's / transformers' own implementation.
+CPU dropout from 16-bit draws and the lean per-step input preparation of generate() are each compared with torch's /
+transformers' own implementation.
 """
 
 import pytest
 import torch
 from transformers import GenerationMixin
-from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from hf_tiny_transformer.fast_paths_tiny_transformer import InPlaceAppendLayer, append_in_place, apply_dropout
+from hf_tiny_transformer.fast_paths_tiny_transformer import apply_dropout
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 
@@ -64,79 +64,6 @@ def test_dropout_is_reproducible_under_a_seed_and_off_in_eval():
 def test_dropout_keeps_bfloat16():
     inputs = torch.randn(8, 16, dtype=torch.bfloat16)
     assert apply_dropout(inputs, 0.1, training=True).dtype == torch.bfloat16
-
-
-# --------------------------------------------------------------------------------------------------------- the cache
-def random_states(batch_size: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(batch_size, 2, length, 4, generator=generator) for _ in range(2))
-
-
-def feed(layer, steps: list[int], batch_size: int = 3, seed: int = 0):
-    """Update `layer` with chunks of `steps[i]` positions; return the final keys and values."""
-    for index, length in enumerate(steps):
-        keys, values = layer.update(*random_states(batch_size, length, seed + index))
-    return keys, values
-
-
-@pytest.mark.parametrize("steps", [[1] * 130, [5, 1, 1, 70, 1], [64], [65, 63, 1]])
-def test_in_place_layer_matches_dynamic_layer_across_reallocations(steps):
-    with torch.no_grad():
-        ours = feed(InPlaceAppendLayer(), steps)
-        reference = feed(DynamicLayer(), steps)
-    for mine, theirs in zip(ours, reference):
-        assert torch.equal(mine, theirs)
-
-
-def test_in_place_layer_follows_beam_reordering_cropping_and_batch_selection():
-    ours, reference = InPlaceAppendLayer(), DynamicLayer()
-    beams = torch.tensor([2, 0, 0])
-    with torch.no_grad():
-        for layer in (ours, reference):
-            feed(layer, [4, 1, 1])
-            layer.reorder_cache(beams)
-            feed(layer, [1], seed=10)
-            layer.crop(-2)
-            feed(layer, [1, 1], seed=20)
-            layer.batch_select_indices(torch.tensor([0, 2]))
-            feed(layer, [1], batch_size=2, seed=30)
-            layer.batch_repeat_interleave(2)
-            feed(layer, [1], batch_size=4, seed=40)
-    assert ours.get_seq_length() == reference.get_seq_length() == 9
-    assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values)
-
-
-def test_in_place_layer_concatenates_when_autograd_records():
-    layer = InPlaceAppendLayer()
-    first = [state.requires_grad_() for state in random_states(1, 3, 0)]
-    second = [state.requires_grad_() for state in random_states(1, 1, 1)]
-    layer.update(*first)
-    keys, values = layer.update(*second)
-    (keys.sum() + values.sum()).backward()  # would fail if a buffer read by the first step had been overwritten
-    assert torch.equal(first[0].grad, torch.ones_like(first[0]))
-
-
-def test_only_empty_dynamic_layers_are_swapped():
-    cache = DynamicCache()
-    cache.layers.extend([DynamicLayer(), DynamicLayer()])
-    with torch.no_grad():
-        cache.layers[1].update(*random_states(1, 2, 0))
-    append_in_place(cache)
-    assert type(cache.layers[0]) is InPlaceAppendLayer
-    assert type(cache.layers[1]) is DynamicLayer  # already holds states: left alone
-
-
-def test_generation_uses_the_in_place_layers_and_matches_the_uncached_result(make_model, batch):
-    model = make_model("sdpa")
-    input_ids, attention_mask = batch(model.config.vocab_size, [7, 3, 5])
-    settings = dict(max_new_tokens=70, min_new_tokens=70, do_sample=False)  # crosses the 64-position growth
-    cached = model.generate(
-        input_ids, attention_mask=attention_mask, return_dict_in_generate=True, use_cache=True, **settings
-    )
-    uncached = model.generate(input_ids, attention_mask=attention_mask, use_cache=False, **settings)
-    assert torch.equal(cached.sequences, uncached)
-    layers = getattr(cached, CACHE_FIELD).self_attention_cache.layers
-    assert all(type(layer) is InPlaceAppendLayer for layer in layers)
 
 
 # ---------------------------------------------------------------------------------------- generate's per-step inputs

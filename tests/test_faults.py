@@ -6,7 +6,6 @@ uninterrupted run of the same command. The checks of `train/checkpoints.py` on h
 """
 
 import json
-import os
 import random
 import re
 import shutil
@@ -39,15 +38,9 @@ TIMING_METRICS = ("runtime", "per_second")
 
 
 @pytest.fixture(scope="module")
-def child_env(tmp_path_factory) -> dict[str, str]:
-    # The same threads in every run (OMP_NUM_THREADS, set by conftest.py): the same arithmetic, compared exactly.
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path_factory.mktemp("hf_home")),
-        "TOKENIZERS_PARALLELISM": "false",
-        "MPLBACKEND": "Agg",
-    }
+def child_env(tmp_path_factory, environment) -> dict[str, str]:
+    # One thread (environment's): the same arithmetic in every run, and no fight over the machine's cores.
+    return environment(tmp_path_factory.mktemp("faults"))
 
 
 def command(output_dir: Path) -> list[str]:

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+
+from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 GREEDY = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
 
@@ -171,6 +173,41 @@ def test_user_supplied_cache_is_used(decisive_model, batch):
     )
     assert torch.equal(out, decisive_model.generate(input_ids, **GREEDY))
     assert cache.get_seq_length() == 12
+
+
+def test_forward_gives_back_the_callers_cache_holding_only_what_it_wrote(decisive_model, batch):
+    """transformers' own cache layers stay in the cache the caller passed, each holding exactly the keys and values
+    of the positions decoded so far (no buffer with unwritten slots): what torch.export's outputs must match."""
+    input_ids, attention_mask = batch(40, [6, 4])
+    encoder_outputs = decisive_model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+    cache = EncoderDecoderCache(DynamicCache(config=decisive_model.config), DynamicCache(config=decisive_model.config))
+    layers = list(cache.self_attention_cache.layers)
+    decoder_input_ids = torch.tensor([[1, 5, 7], [1, 6, 8]])
+    inputs = dict(encoder_outputs=encoder_outputs, attention_mask=attention_mask, use_cache=True)
+    with torch.no_grad():
+        first = decisive_model(decoder_input_ids=decoder_input_ids[:, :2], **{CACHE_FIELD: cache}, **inputs)
+        second = decisive_model(decoder_input_ids=decoder_input_ids[:, 2:], **{CACHE_FIELD: cache}, **inputs)
+    assert getattr(first, CACHE_FIELD) is cache and getattr(second, CACHE_FIELD) is cache
+    assert cache.self_attention_cache.layers == layers  # the same layer objects, none swapped
+    for layer in cache.self_attention_cache.layers:
+        assert type(layer) is DynamicLayer
+        tensors = [value for value in vars(layer).values() if isinstance(value, torch.Tensor)]
+        assert tensors and all(tensor.shape[2] == 3 for tensor in tensors)
+    with torch.no_grad():
+        full = decisive_model(
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+            **{key: value for key, value in inputs.items() if key != "use_cache"},
+        )
+    torch.testing.assert_close(second.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_generate_returns_transformers_own_cache_layers(decisive_model, batch):
+    input_ids, attention_mask = batch(40, [6, 4])
+    out = decisive_model.generate(input_ids, attention_mask=attention_mask, return_dict_in_generate=True, **GREEDY)
+    cache = getattr(out, CACHE_FIELD)
+    assert all(type(layer) is DynamicLayer for layer in cache.self_attention_cache.layers)
+    assert cache.get_seq_length() == out.sequences.shape[1] - 1
 
 
 def _forward_arguments(model):

@@ -8,16 +8,32 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSeq2SeqLM
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as transformers_logging
 
 from hf_tiny_transformer import TinyTransformerForConditionalGeneration, TinyTransformerModel
 from hf_tiny_transformer.absolute_positions_tiny_transformer import sinusoidal_position_table
+from hf_tiny_transformer.checkpoint_checks_tiny_transformer import PROJECTION_WEIGHT
 
 
 def inputs_for(model, batch):
     input_ids, attention_mask = batch(model.config.vocab_size, [7, 4])
     return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5])
+
+
+def save_in_earlier_layout(model, directory) -> None:
+    """`model` saved as checkpoints were before the projections became `nn.Linear`s: every projection weight stored
+    [in, out] (transformers' `Conv1D` layout) and no `projection_layout` in `config.json`."""
+    model.save_pretrained(directory)
+    tensors = load_file(directory / "model.safetensors")
+    projection = PROJECTION_WEIGHT.search
+    earlier = {key: tensor.T.contiguous() if projection(key) else tensor for key, tensor in tensors.items()}
+    save_file(earlier, directory / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    del config["projection_layout"]
+    (directory / "config.json").write_text(json.dumps(config))
 
 
 def test_save_writes_safetensors_config_with_auto_map_and_source(make_model, tmp_path):
@@ -40,6 +56,58 @@ def test_save_writes_safetensors_config_with_auto_map_and_source(make_model, tmp
     }
     # Tied embeddings are stored once.
     assert list(load_file(tmp_path / "model.safetensors")).count("lm_head.weight") == 0
+    # Every projection is an nn.Linear, stored [out, in], and the file says so.
+    assert config["projection_layout"] == "out_in"
+    assert load_file(tmp_path / "model.safetensors")["model.encoder.layers.0.self_attn.qkv_proj.weight"].shape == (
+        96,
+        32,
+    )
+
+
+def test_every_projection_is_an_nn_linear_of_the_in_tree_layout(make_model):
+    model = make_model()
+    projections = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    # 2 encoder layers x 4, 2 decoder layers x 7, and lm_head
+    assert len(projections) == 23
+    qkv_proj = model.model.encoder.layers[0].self_attn.qkv_proj
+    assert (qkv_proj.in_features, qkv_proj.out_features) == (32, 96) and qkv_proj.weight.shape == (96, 32)
+
+
+@pytest.mark.parametrize("loader", [TinyTransformerForConditionalGeneration, AutoModelForSeq2SeqLM, AutoModel])
+def test_a_checkpoint_of_the_earlier_in_out_layout_loads_converted(make_model, batch, tmp_path, loader):
+    model = make_model()
+    save_in_earlier_layout(model, tmp_path / "earlier")
+    with CaptureLogger(transformers_logging.get_logger("transformers")) as log:
+        loaded, loading_info = loader.from_pretrained(tmp_path / "earlier", output_loading_info=True)
+    assert "MISMATCH" not in log.out  # converted, not re-initialised
+    assert not loading_info["mismatched_keys"] and not loading_info["missing_keys"]
+    reference = model if loader is not AutoModel else model.model
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert loaded.config.projection_layout == "out_in"
+    loaded.save_pretrained(tmp_path / "again")  # saved again: the current layout, loadable as any checkpoint
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["projection_layout"] == "out_in"
+    again = loader.from_pretrained(tmp_path / "again").eval()
+    inputs = inputs_for(model, batch)
+    assert torch.equal(again(**inputs)[0], reference(**inputs)[0])  # logits, or the bare model's hidden states
+
+
+def test_a_config_without_projection_layout_over_current_weights_is_refused_naming_the_layout(make_model, tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["projection_layout"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"has no `projection_layout`.*earlier \[in, out\] layout.*qkv_proj.weight"):
+        TinyTransformerForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_current_weights_under_a_config_of_the_earlier_layout_are_refused_naming_the_layout(make_model, tmp_path):
+    save_in_earlier_layout(make_model(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "projection_layout": "out_in"}))
+    with pytest.raises(ValueError, match=r"qkv_proj.weight has shape \(32, 96\).*\[in, out\] projection layout"):
+        TinyTransformerForConditionalGeneration.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -158,16 +226,20 @@ def test_remote_code_loads_in_a_fresh_process_without_our_package(
         model.save_pretrained(tmp_path / scheme / "checkpoint")
         inputs[scheme] = inputs_for(model, batch)
         torch.save(inputs[scheme], tmp_path / scheme / "inputs.pt")
+    # ... and a checkpoint of the earlier [in, out] layout, converted by the copied code as it loads.
+    save_in_earlier_layout(tiny_model_of_each_scheme["relative"], tmp_path / "earlier" / "checkpoint")
+    torch.save(inputs["relative"], tmp_path / "earlier" / "inputs.pt")
     environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     environment.pop("PYTHONPATH", None)
-    folders = [str(tmp_path / scheme) for scheme in tiny_model_of_each_scheme]
+    folders = [str(tmp_path / scheme) for scheme in [*tiny_model_of_each_scheme, "earlier"]]
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *folders],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    for scheme, model in tiny_model_of_each_scheme.items():
-        result = torch.load(tmp_path / scheme / "out.pt")
+    for folder, scheme in [*zip(tiny_model_of_each_scheme, tiny_model_of_each_scheme), ("earlier", "relative")]:
+        model = tiny_model_of_each_scheme[scheme]
+        result = torch.load(tmp_path / folder / "out.pt")
         assert result["position_embedding_type"] == scheme
         assert result["module"].startswith("transformers_modules.")
         assert torch.equal(result["logits"], model(**inputs[scheme]).logits), scheme

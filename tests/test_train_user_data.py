@@ -11,11 +11,12 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+import yaml
 from datasets import Dataset, DatasetDict
 from huggingface_hub import ModelCard
 from transformers import AutoTokenizer
 
-from hf_tiny_transformer_train import train
+from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,15 +73,16 @@ def stopped_with(capsys, argv: list[str]) -> str:
 # Arguments: parsed in-process, no data read.
 
 
-def test_own_data_takes_the_user_data_defaults_and_a_name_for_the_output_folder(files):
+def test_own_data_takes_the_user_data_recipe_and_a_name_for_the_output_folder(files):
     model_args, data_args, training_args = train.parse_arguments(["--train_file", str(files / "lookup.jsonl")])
     assert data_args.uses_own_data and data_args.task is None and data_args.train_size is None
     assert training_args.output_dir == "outputs/tiny-transformer-lookup"
-    for name, value in train.USER_DATA_DEFAULTS.items():
+    assert data_args.recipe == str(arguments.USER_DATA_RECIPE)
+    for name, value in yaml.safe_load(arguments.USER_DATA_RECIPE.read_text()).items():
         if name == "report_to":
             continue  # the Trainer turns "none" into []
-        arguments = next(args for args in (model_args, data_args, training_args) if hasattr(args, name))
-        actual = getattr(arguments, name)
+        holder = next(args for args in (model_args, data_args, training_args) if hasattr(args, name))
+        actual = getattr(holder, name)
         assert getattr(actual, "value", actual) == value, name
     _, data_args, _ = train.parse_arguments(["--task", "sort"])
     assert data_args.source_column is None and data_args.early_stopping_patience is None

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from huggingface_hub import ModelCard
 
-from hf_tiny_transformer_train import train
+from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import generate_examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,21 +30,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def environment(tmp: Path) -> dict[str, str]:
-    """No network and caches under `tmp`."""
-    return {
-        **os.environ,
-        "HF_HOME": str(tmp / "hf_home"),
-        "HF_DATASETS_CACHE": str(tmp / "datasets"),
-        "HF_HUB_OFFLINE": "1",
-    }
-
-
-def run_training(tmp: Path, *flags: str, launcher: tuple[str, ...] = (sys.executable,)) -> str:
+def run_training(tmp: Path, env: dict[str, str], *flags: str) -> str:
     """Run train.py in a new process; return its combined output, failing the test with it if the run fails."""
     completed = subprocess.run(
-        [*launcher, str(TRAIN_SCRIPT), *flags],
-        env=environment(tmp),
+        [sys.executable, str(TRAIN_SCRIPT), *flags],
+        env=env,
         cwd=tmp,
         capture_output=True,
         text=True,
@@ -60,12 +51,12 @@ def log_history(output_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, environment) -> Path:
     """One short run shared by the tests that inspect, fine-tune or load its result."""
     tmp = tmp_path_factory.mktemp("trained")
     output_dir = tmp / "copy-model"
     run_training(
-        tmp, *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
+        tmp, environment(tmp), *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
         "--save_steps", "100", "--eval_on_start", "true", "--target_exact_match", "0.95",
     )  # fmt: skip
     return output_dir
@@ -74,19 +65,27 @@ def trained(tmp_path_factory) -> Path:
 # Arguments: parsed in-process, no training.
 
 
-def test_flags_not_given_take_the_task_defaults_and_given_flags_win():
+def recipe(name: str) -> dict:
+    return yaml.safe_load((arguments.RECIPES / f"{name}.yaml").read_text())
+
+
+def test_flags_not_given_take_the_task_recipe_and_given_flags_win():
     model_args, data_args, training_args = train.parse_arguments(["--task", "sort"])
-    defaults = {**train.COMMON_DEFAULTS, **train.TASK_DEFAULTS["sort"]}
+    defaults = recipe("sort")
+    assert data_args.recipe == str(arguments.RECIPES / "sort.yaml") and data_args.recipe_overrides == {}
     assert training_args.output_dir == "outputs/tiny-transformer-sort"
     assert training_args.max_steps == defaults["max_steps"]
     assert training_args.learning_rate == defaults["learning_rate"]
-    assert (data_args.max_length, model_args.d_model) == (defaults["max_length"], defaults["d_model"])
+    assert (data_args.max_length, model_args.encoder_layers) == (defaults["max_length"], defaults["encoder_layers"])
+    assert model_args.d_model is None and "d_model" not in defaults  # the size is TinyTransformerConfig's
     assert training_args.predict_with_generate and training_args.do_train and training_args.do_predict
     model_args, data_args, training_args = train.parse_arguments(
         ["--task", "sort", "--max_steps", "7", "--d_model", "48", "--output_dir", "elsewhere", "--max_length", "9"]
     )
     assert (training_args.max_steps, model_args.d_model, training_args.output_dir) == (7, 48, "elsewhere")
     assert data_args.max_length == 9
+    # What the model card lists: the flags whose values differ from the recipe's (--task sort is the recipe's).
+    assert data_args.recipe_overrides == {"max_steps": 7, "d_model": 48, "output_dir": "elsewhere", "max_length": 9}
 
 
 def test_defaults_that_other_flags_rule_out_are_dropped_instead_of_failing():
@@ -99,20 +98,24 @@ def test_defaults_that_other_flags_rule_out_are_dropped_instead_of_failing():
     _, data_args, training_args = train.parse_arguments(["--train_sampling_strategy", "group_by_length"])
     assert data_args.length_curriculum_steps == 0 and training_args.train_sampling_strategy == "group_by_length"
     _, data_args, _ = train.parse_arguments([])
-    assert data_args.length_curriculum_steps == train.COMMON_DEFAULTS["length_curriculum_steps"]
-    assert data_args.target_exact_match == train.COMMON_DEFAULTS["target_exact_match"]
+    assert data_args.length_curriculum_steps == recipe("reverse")["length_curriculum_steps"]
+    assert data_args.target_exact_match == recipe("reverse")["target_exact_match"]
 
 
-def test_sort_trains_in_bf16_where_the_hardware_multiplies_bf16_unless_the_user_chooses_otherwise():
+@pytest.mark.parametrize("native", [True, False])
+def test_sort_trains_in_bf16_where_the_hardware_multiplies_bf16_unless_the_user_chooses_otherwise(native, monkeypatch):
+    # The hardware's answer is forced both ways, so that both paths are checked on any CPU.
+    monkeypatch.setattr(arguments, "computes_bf16_natively", lambda: native)
     _, _, training_args = train.parse_arguments(["--task", "sort"])
-    assert training_args.bf16 is train.computes_bf16_natively()
-    for flags in (
-        ["--task", "reverse"],
-        ["--task", "sort", "--bf16", "false"],
-        ["--task", "sort", "--use_cpu", "false"],
-    ):
+    assert training_args.bf16 is native
+    chosen_by_user = [["--task", "reverse"], ["--task", "sort", "--bf16", "false"]]
+    if not torch.accelerator.is_available():
+        chosen_by_user.append(["--task", "sort", "--use_cpu", "false"])  # the Trainer refuses bf16 on a CPU so
+    for flags in chosen_by_user:
         _, _, training_args = train.parse_arguments(flags)
         assert training_args.bf16 is False, flags
+    _, _, training_args = train.parse_arguments(["--task", "reverse", "--bf16", "true"])
+    assert training_args.bf16 is True
 
 
 @pytest.mark.skipif(
@@ -120,13 +123,53 @@ def test_sort_trains_in_bf16_where_the_hardware_multiplies_bf16_unless_the_user_
 )
 def test_native_bf16_is_read_from_the_cpu_flags():
     flags = set(Path("/proc/cpuinfo").read_text().split())
-    assert train.computes_bf16_natively() == bool({"avx512_bf16", "amx_tile"} & flags)
+    assert arguments.computes_bf16_natively() == bool({"avx512_bf16", "amx_tile"} & flags)
 
 
 def test_no_arguments_select_the_default_task():
     _, data_args, training_args = train.parse_arguments([])
-    assert data_args.task == train.DEFAULT_TASK
-    assert training_args.output_dir == f"outputs/tiny-transformer-{train.DEFAULT_TASK}"
+    assert data_args.task == arguments.DEFAULT_TASK
+    assert training_args.output_dir == f"outputs/tiny-transformer-{arguments.DEFAULT_TASK}"
+
+
+def test_a_recipe_file_of_ones_own_starts_the_run_and_flags_still_override_it(tmp_path):
+    path = tmp_path / "my_recipe.yaml"
+    path.write_text(
+        (arguments.RECIPES / "copy.yaml").read_text() + "max_length: 8\nlearning_rate: 1e-3\noutput_dir: mine\n"
+    )
+    model_args, data_args, training_args = train.parse_arguments(["--recipe", str(path), "--max_steps", "9"])
+    assert (data_args.task, data_args.max_length, training_args.output_dir) == ("copy", 8, "mine")
+    assert training_args.learning_rate == 1e-3  # YAML reads 1e-3 as text: converted as the flag would be
+    assert training_args.max_steps == 9 and data_args.recipe_overrides == {"max_steps": 9}
+    assert data_args.recipe == str(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("task: copy\nmax_lenght: 8\n", "max_lenght are not flags of train.py"),
+        ("- task\n- copy\n", "a recipe is a mapping of flag names to values"),
+        (
+            "task: copy\n",
+            "--train_size, --validation_size, --test_size, --min_length, --max_length, --longer_test_size not set: "
+            "neither the recipe nor the command line gives a value",
+        ),
+    ],
+)
+def test_a_recipe_file_that_cannot_work_stops_with_one_clear_line(tmp_path, text, message, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        train.parse_arguments(["--recipe", str(path)])
+    assert stopped.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+def test_every_recipe_file_is_read_and_checked():
+    for name in ("copy", "reverse", "sort", "add"):
+        _, data_args, _ = train.parse_arguments(["--task", name])
+        assert data_args.task == name and data_args.recipe == str(arguments.RECIPES / f"{name}.yaml")
 
 
 @pytest.mark.parametrize(
@@ -238,7 +281,7 @@ def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained)
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
+def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path, environment):
     output_dir = tmp_path / "fine-tuned"
     flags = list(TINY)
     # Size flags belong to a new model; the checkpoint brings its own.
@@ -246,7 +289,7 @@ def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
         index = flags.index(name)
         del flags[index : index + 2]
     run_training(
-        tmp_path, *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
+        tmp_path, environment(tmp_path), *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
         "--max_steps", "20", "--eval_steps", "20", "--eval_on_start", "true", "--learning_rate", "1e-4",
     )  # fmt: skip
     start = next(entry for entry in log_history(output_dir) if "eval_exact_match" in entry)
@@ -280,7 +323,9 @@ print(json.dumps({{
 
 
 @pytest.mark.slow
-def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_examples(trained, tmp_path):
+def test_fresh_process_without_the_package_loads_the_folder_and_solves_held_out_examples(
+    trained, tmp_path, environment
+):
     # Sources that hash into the test split never occur in any training split (see data.py).
     held_out = [example["source"] for example in generate_examples("copy", "test", 32, 1, 4, seed=1234)]
     source_folders = {os.path.realpath(REPO / name) for name in ("", "train", "tests", "hf_tiny_transformer")}

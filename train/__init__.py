@@ -1,8 +1,9 @@
 """hf_tiny_transformer_train: the command-line training of TinyTransformer (installed from the `train/` folder).
 
-`train.py` is the script (`python train/train.py`); its modules are importable as `hf_tiny_transformer_train.*`
-by the benchmarks and the tests: the synthetic corpus (`data`), a user's own data (`user_data`) and a tokenizer
-trained on them (`tokenizer_training`), metrics of generations (`metrics`), checkpoint selection on resume
-(`checkpoints`), the model card (`model_card`) and how idle OpenMP threads wait (`openmp`, chosen before torch loads).
-`make_dates.py` writes the example corpus of the README's "Train on your own data".
+`train.py` is the script (`python train/train.py`), `main()` the flow of a run; its arguments (dataclasses, the recipe
+files of `recipes/` they start from, and their checks) are in `arguments`. The modules are importable as
+`hf_tiny_transformer_train.*` by the benchmarks and the tests: the synthetic corpus (`data`), a user's own data
+(`user_data`) and a tokenizer trained on them (`tokenizer_training`), metrics of generations (`metrics`), checkpoint
+selection on resume (`checkpoints`), the model card (`model_card`) and how idle OpenMP threads wait (`openmp`, chosen
+as `python train/train.py` starts). `make_dates.py` writes the example corpus of the README's "Train on your own data".
 """

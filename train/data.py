@@ -23,7 +23,7 @@ source never appears in train, whatever the seed or the split sizes. Validation 
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow.compute
@@ -38,10 +38,11 @@ TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
 PLUS = "+"
+DIGITS = tuple("0123456789")  # the words of an `add` operand
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 3
+CORPUS_VERSION = 5
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
@@ -71,8 +72,34 @@ def spaced_digits(number: int, width: int) -> str:
     return " ".join(str(number).zfill(width))
 
 
-def make_example(task: str, rng: np.random.Generator, min_length: int, max_length: int) -> dict[str, str]:
-    """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand."""
+def draw_values(rng: np.random.Generator, length: int, repeated_values_share: float = 0.0) -> list[int]:
+    """`length` integers 0-99: uniform draws, or, with probability `repeated_values_share`, draws with repeats.
+
+    Uniform draws almost never hold a run or only a few distinct values, so a model trained on them alone can find a
+    token by its value instead of by its position, and fails on the inputs people type first (`5 5 5 5`, `1 2 1 2`).
+    The draws with repeats take their values from a random set of 1 to 100 values (its size log-uniform, so that one,
+    two or three values are as common as dozens), and each element repeats the one before it with a probability drawn
+    in [0, 1) anew at up to two random points of the sequence: so every mix of repeats, runs (anywhere, of any length,
+    among values that do not repeat) and distinct values has its share of the corpus.
+    """
+    if repeated_values_share == 0 or rng.random() >= repeated_values_share:
+        return rng.integers(0, NUM_VALUES, length).tolist()
+    alphabet_size = int(np.exp(rng.uniform(0, np.log(NUM_VALUES + 1))))
+    alphabet = rng.choice(NUM_VALUES, size=max(1, min(alphabet_size, NUM_VALUES)), replace=False)
+    values = alphabet[rng.integers(0, len(alphabet), length)]
+    changes = np.sort(rng.integers(0, length, 2))
+    repeat_probability = rng.uniform(0, 1, 3)[np.searchsorted(changes, np.arange(length), side="right")]
+    repeats = rng.random(length) < repeat_probability
+    for index in np.flatnonzero(repeats[1:]) + 1:
+        values[index] = values[index - 1]
+    return values.tolist()
+
+
+def make_example(
+    task: str, rng: np.random.Generator, min_length: int, max_length: int, repeated_values_share: float = 0.0
+) -> dict[str, str]:
+    """One random example. `min_length`/`max_length` bound the sequence length, or for `add` the digits per operand;
+    `repeated_values_share` is the share of sequences drawn with repeats (`draw_values`; not used by `add`)."""
     if task == "add":
         operands = []
         for _ in range(2):
@@ -81,30 +108,54 @@ def make_example(task: str, rng: np.random.Generator, min_length: int, max_lengt
             digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
             operands.append(int("".join(map(str, digits))))
         source = f"{spaced_digits(operands[0], max_length)} {PLUS} {spaced_digits(operands[1], max_length)}"
-        return {"source": source, "target": spaced_digits(sum(operands), max_length + 1)[::-1]}
-    values = rng.integers(0, NUM_VALUES, int(rng.integers(min_length, max_length + 1))).tolist()
+        return {"source": source, "target": task_target(task, source)}
+    values = draw_values(rng, int(rng.integers(min_length, max_length + 1)), repeated_values_share)
+    source = " ".join(map(str, values))
+    return {"source": source, "target": task_target(task, source)}
+
+
+def task_target(task: str, source: str) -> str:
+    """The right answer of `task` to `source`, both written as the corpus writes them (words separated by spaces).
+
+    For `add`, `source` holds two operands digit by digit around `+` (`0 4 0 7 + 0 0 9 5`); the sum gets one digit
+    more than the longer operand and comes least significant first (`2 0 5 0 0`).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    words = source.split()
+    if task == "add":
+        plus = words.index(PLUS) if words.count(PLUS) == 1 else 0
+        operands = [words[:plus], words[plus + 1 :]]
+        if not all(operands) or not all(word in DIGITS for word in operands[0] + operands[1]):
+            raise ValueError(
+                f"an add source is two operands written one digit a word around one {PLUS!r}; got {source!r}"
+            )
+        width = max(map(len, operands))
+        return spaced_digits(sum(int("".join(operand)) for operand in operands), width + 1)[::-1]
+    if not all(word.isascii() and word.isdigit() for word in words):
+        raise ValueError(f"a {task} source holds integers separated by spaces; got {source!r}")
+    values = [int(word) for word in words]
     if task == "reverse":
-        target = values[::-1]
+        values = values[::-1]
     elif task == "sort":
-        target = sorted(values)
-    else:
-        target = values
-    return {"source": " ".join(map(str, values)), "target": " ".join(map(str, target))}
+        values = sorted(values)
+    return " ".join(map(str, values))
 
 
-def generate_examples(
-    task: str, split: str, num_examples: int, min_length: int, max_length: int, seed: int
+def draw_split(
+    draw: Callable[[], dict[str, str]], split: str, num_examples: int, owner: str = "source"
 ) -> Iterator[dict[str, str]]:
-    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`.
+    """Yield `num_examples` examples of `split` from calls of `draw`: those whose `owner` text (the source, or for
+    make_dates.py the date its sources spell) hashes into `split` (split_of), so that no held-out owner occurs in
+    training. Raises ValueError where too few distinct sources exist.
 
     Validation and test sources are distinct: where few sources exist (one-digit sums, one-integer sequences),
     repeats would otherwise fill the evaluation with copies of the same handful of examples.
     """
-    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
     found, seen = 0, set()
     for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
-        example = make_example(task, rng, min_length, max_length)
-        if split_of(example["source"]) != split:
+        example = draw()
+        if split_of(example[owner]) != split:
             continue
         if split != "train":
             if example["source"] in seen:
@@ -114,10 +165,31 @@ def generate_examples(
         found += 1
         if found == num_examples:
             return
-    raise ValueError(
-        f"found only {found} of {num_examples} {split} examples for task {task!r} with lengths "
-        f"{min_length}..{max_length}: too few distinct sources; widen the length range or ask for fewer examples"
-    )
+    raise ValueError(f"found only {found} of {num_examples} {split} examples: too few distinct sources")
+
+
+def generate_examples(
+    task: str,
+    split: str,
+    num_examples: int,
+    min_length: int,
+    max_length: int,
+    seed: int,
+    repeated_values_share: float = 0.0,
+) -> Iterator[dict[str, str]]:
+    """Yield `num_examples` examples of `split`: random draws, kept when their source hashes into `split`."""
+    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
+
+    def draw() -> dict[str, str]:
+        return make_example(task, rng, min_length, max_length, repeated_values_share)
+
+    try:
+        yield from draw_split(draw, split, num_examples)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} for task {task!r} with lengths {min_length}..{max_length}; widen the length range or ask for "
+            "fewer examples"
+        ) from None
 
 
 def build_corpus(
@@ -130,11 +202,15 @@ def build_corpus(
     max_length: int,
     longer_test_size: int = 0,
     longer_max_length: int | None = None,
+    repeated_values_share: float = 0.0,
     cache_dir: str | None = None,
 ) -> DatasetDict:
     """The corpus of `task` as a `DatasetDict` with `train`, `validation` and `test` splits of `source`/`target` texts,
     and, with `longer_test_size`, a `longer_test` split of held-out sources longer than any in training
     (`max_length` + 1 to `longer_max_length`), which measures how far the model generalises past what it saw.
+
+    A share `repeated_values_share` of the train and validation sequences is drawn with repeats (`draw_values`); the
+    test splits stay uniform draws, the design document's distribution (typed_inputs.py tests the inputs with repeats).
 
     Each split is written once by `Dataset.from_generator` to the datasets cache (`HF_DATASETS_CACHE`, or
     `cache_dir`). Its fingerprint is computed from the arguments and `CORPUS_VERSION`, so a second call with the
@@ -155,6 +231,8 @@ def build_corpus(
         if longer_max_length is None or longer_max_length <= max_length:
             raise ValueError(f"longer_max_length must exceed max_length {max_length}; got {longer_max_length}")
         splits["longer_test"] = ("test", longer_test_size, max_length + 1, longer_max_length)
+    if not 0 <= repeated_values_share <= 1:
+        raise ValueError(f"repeated_values_share must be a share in [0, 1]; got {repeated_values_share}")
     features = Features({"source": Value("string"), "target": Value("string")})
     corpus = {}
     for name, (split, size, shortest, longest) in splits.items():
@@ -165,6 +243,7 @@ def build_corpus(
             "min_length": shortest,
             "max_length": longest,
             "seed": seed,
+            "repeated_values_share": repeated_values_share if name in ("train", "validation") else 0.0,
         }
         description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
         corpus[name] = Dataset.from_generator(

@@ -13,19 +13,21 @@ numbers alone) or as an English ordinal ("the 5th of March 2021"). Two readings 
 all-numeric dates put the day first (05/03/21 is 5 March), and a two-digit year is the one in the range (21 is
 2021, 72 is 1972).
 
-Which split a date belongs to is decided by a hash of the date, so no held-out date occurs in training in any
-spelling: the model is measured on dates it never saw. Validation and test never repeat a source.
+Which split a date belongs to is decided by data.py's hash of the date (its ISO form, the target), so no held-out
+date occurs in training in any spelling: the model is measured on dates it never saw. Validation and test never
+repeat a source.
 """
 
 import argparse
 import datetime
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from babel.dates import format_date
+
+from hf_tiny_transformer_train.data import SPLITS, draw_split
 
 FIRST_DATE, LAST_DATE = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)
 # (babel locale, date pattern) pairs: https://babel.pocoo.org/en/latest/dates.html#date-fields
@@ -53,15 +55,6 @@ DATE_FORMATS = (
 )
 # English ordinals, which babel does not write: {day} is "5th", {month} the month's name.
 ORDINAL_FORMATS = ("{month} {day}, {year}", "{day} of {month} {year}", "the {day} of {month} {year}")
-SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}  # % of all dates
-SPLITS = tuple(SPLIT_BUCKETS)
-MAX_DRAWS_PER_EXAMPLE = 200
-
-
-def split_of(date: datetime.date) -> str:
-    """The split that owns `date`: a stable hash of its ISO form (the same in every process and Python version)."""
-    bucket = int.from_bytes(hashlib.blake2b(date.isoformat().encode(), digest_size=8).digest(), "little") % 100
-    return next(split for split, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
 def ordinal(day: int) -> str:
@@ -83,22 +76,12 @@ def date_examples(split: str, num_examples: int, seed: int) -> Iterator[dict[str
     """`num_examples` examples of `split`: random dates owned by the split, each written in a random way."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     num_days = (LAST_DATE - FIRST_DATE).days + 1
-    found, seen = 0, set()
-    # A split owns 5-90% of the dates, so ~20 draws per example at most; far more means too few distinct sources.
-    for _ in range(MAX_DRAWS_PER_EXAMPLE * num_examples):
+
+    def draw() -> dict[str, str]:
         date = FIRST_DATE + datetime.timedelta(days=int(rng.integers(num_days)))
-        if split_of(date) != split:
-            continue
-        source = write_date(date, rng)
-        if split != "train":
-            if source in seen:
-                continue
-            seen.add(source)
-        yield {"source": source, "target": date.isoformat()}
-        found += 1
-        if found == num_examples:
-            return
-    raise ValueError(f"found only {found} distinct {split} sources of the {num_examples} asked for; ask for fewer")
+        return {"source": write_date(date, rng), "target": date.isoformat()}
+
+    return draw_split(draw, split, num_examples, owner="target")
 
 
 def main(argv: list[str] | None = None) -> None:

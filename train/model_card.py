@@ -16,7 +16,9 @@ from huggingface_hub import EvalResult, ModelCardData
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainerState
 
+from hf_tiny_transformer_train.arguments import RECIPES, DataArguments, ModelArguments, NewModelArguments, flag_names
 from hf_tiny_transformer_train.data import spaced_digits
+from hf_tiny_transformer_train.typed_inputs import FAMILY_DESCRIPTIONS
 from hf_tiny_transformer_train.user_data import UserData
 
 TASK_DESCRIPTIONS = {
@@ -71,13 +73,26 @@ def plot_cross_attention(
     example (the first with at most `max_words` source words, so the labels stay readable). Returns the example.
     """
     example = next((e for e in examples if len(e["source"].split()) <= max_words), examples[0])
+    figure, prediction = cross_attention_figure(model, tokenizer, example["source"])
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return {"source": example["source"], "target": example["target"], "prediction": prediction}
+
+
+def cross_attention_figure(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str, max_new_tokens: int | None = None
+) -> tuple[Figure, str]:
+    """The model's greedy answer to `source` (at most `max_new_tokens`, by default the generation config's), and a
+    figure of the encoder-decoder attention weights α' of every decoder layer and head while it writes the answer:
+    a heat map per layer and head, source tokens across, generated tokens down."""
     model.eval()
     # SDPA and flash kernels never materialise α'; the eager path returns it.
     previous_implementation = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    inputs = tokenizer(example["source"], return_tensors="pt").to(model.device)
+    inputs = tokenizer(source, return_tensors="pt").to(model.device)
     with torch.no_grad():
-        generated = model.generate(**inputs)
+        # An explicit max_new_tokens=None would replace the generation config's with generate's default of 20.
+        length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        generated = model.generate(**inputs, do_sample=False, num_beams=1, **length)
         # Row i of α' is the query that predicts generated token i + 1.
         outputs = model(**inputs, decoder_input_ids=generated[:, :-1], output_attentions=True)
     model.set_attn_implementation(previous_implementation)
@@ -86,7 +101,10 @@ def plot_cross_attention(
     output_tokens = tokenizer.convert_ids_to_tokens(generated[0, 1:].tolist())
     cross_attentions = [layer[0].float().cpu().numpy() for layer in outputs.cross_attentions]  # [heads, out, src]
     num_layers, num_heads = len(cross_attentions), cross_attentions[0].shape[0]
-    cell = 0.22  # inches per token, so that every tick label fits
+    # Inches per token: 0.22 fits every tick label; long inputs get smaller cells and labels, so that a heat map
+    # stays under about 8 inches.
+    cell = min(0.22, 8 / max(len(source_tokens), len(output_tokens)))
+    fontsize = 7 * cell / 0.22
     figure = Figure(
         figsize=(num_heads * (1.2 + cell * len(source_tokens)), num_layers * (1.2 + cell * len(output_tokens)))
     )
@@ -95,20 +113,15 @@ def plot_cross_attention(
         for head_index in range(num_heads):
             ax = axes[layer_index][head_index]
             image = ax.imshow(weights[head_index], cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(output_tokens)), output_tokens, fontsize=7)
+            ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=fontsize)
+            ax.set_yticks(range(len(output_tokens)), output_tokens, fontsize=fontsize)
             ax.set_title(f"layer {layer_index + 1}, head {head_index + 1}", fontsize=8)
             if head_index == 0:
                 ax.set_ylabel("generated token")
             if layer_index == num_layers - 1:
                 ax.set_xlabel("source token")
     figure.colorbar(image, ax=axes, shrink=0.6, label="attention weight α'")
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return {
-        "source": example["source"],
-        "target": example["target"],
-        "prediction": tokenizer.decode(generated[0], skip_special_tokens=True),
-    }
+    return figure, tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
 def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
@@ -174,14 +187,13 @@ def describe_length_generalisation(
 
 
 def describe_synthetic_data(
-    task: str,
-    min_length: int,
-    max_length: int,
+    data_args: DataArguments,
     longer_max_length: int | None,
     seed: int,
     model: PreTrainedModel,
     metrics: dict[str, float],
 ) -> DataDescription:
+    task, min_length, max_length = data_args.task, data_args.min_length, data_args.max_length
     length_unit = "digits per operand" if task == "add" else "integers per sequence"
     input_format = (
         f"two numbers written digit by digit with leading zeros to {max_length} digits, separated by spaces, with "
@@ -191,6 +203,15 @@ def describe_synthetic_data(
         if task == "add"
         else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
     )
+    share = data_args.repeated_values_share or 0.0
+    drawn = (
+        f"uniformly random, {share:.0%} of the training and validation sequences drawn with repeats instead (values "
+        "from a random set of 1-100, runs of random length, `data.draw_values`: a uniform draw almost never holds a "
+        "run or few distinct values, and a model trained on those alone finds tokens by value rather than position)"
+        if share
+        else "uniformly random"
+    )
+    typed = "the typed inputs above and " if any("_family_" in key for key in metrics) else ""
     return DataDescription(
         what_it_does=TASK_DESCRIPTIONS[task],
         corpus="a synthetic corpus",
@@ -202,16 +223,16 @@ def describe_synthetic_data(
         input_format=f"""{input_format}. Any whitespace separates words; anything outside the vocabulary (`0`..`99`,
 `+`) becomes `<unk>`. The tokenizer appends `</s>`; pass `attention_mask` (the tokenizer returns it) when you batch
 inputs of different lengths.""",
-        training_data=f"""the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, uniformly
-  random; {metrics.get("train_samples", 0):,} training examples, seed {seed}. Each source belongs to
+        training_data=f"""the synthetic `{task}` corpus of `train/data.py`, {min_length}-{max_length} {length_unit}, {drawn};
+  {metrics.get("train_samples", 0):,} training examples, seed {seed}. Each source belongs to
   train, validation or test by a hash of its text, so no test source occurs in training.""",
         limitations=f"""- A small, fully reproducible model for learning, teaching and testing encoder-decoder code (training, saving,
   loading, generation, attention visualisation). It is not a language model and has no use beyond its task.
 - {describe_length_generalisation(min_length, max_length, longer_max_length, length_unit, metrics)}; {describe_positions_limit(model)},
   and generation stops after `max_new_tokens`={model.generation_config.max_new_tokens} tokens (pass more for longer
   inputs).
-- The figures above are measured on {metrics.get("test_samples", "the")} held-out examples drawn from the training
-  distribution; they say nothing about other distributions (e.g. long runs of one number).""",
+- The figures above are measured on {typed}{metrics.get("test_samples", "the")} held-out examples of the uniform
+  test split; they say nothing about other distributions.""",
     )
 
 
@@ -274,44 +295,38 @@ def truncation_note(truncated: tuple[int, int]) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def write_model_card(
-    path: Path,
-    *,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: str | None,
-    min_length: int | None,
-    max_length: int | None,
-    training_args: Seq2SeqTrainingArguments,
-    longer_max_length: int | None = None,
-    metrics: dict[str, float],
-    argv: list[str],
-    base_model: str | None,
-    attention_example: dict[str, str],
-    test_examples: Dataset,
-    wall_time: float,
-    hub_repo_id: str | None,
-    user_data: UserData | None = None,
-    tokenizer_description: str | None = None,
-    early_stopping_patience: int | None = None,
-    trainer_state: TrainerState | None = None,
-    target_exact_match: float | None = None,
-    curriculum_steps: int = 0,
-) -> None:
-    """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
-    training, results, attention figure and limitations of the model in `path`'s folder. The data are the built-in
-    `task`'s synthetic corpus, or `user_data` (then `task`, `min_length` and `max_length` are None). With
-    `early_stopping_patience` or `target_exact_match`, `trainer_state` tells when training stopped and which checkpoint
-    was kept; `curriculum_steps` are the first steps of the length curriculum."""
-    name = Path(training_args.output_dir).absolute().name
-    config = model.config
-    if user_data is None:
-        data = describe_synthetic_data(
-            task, min_length, max_length, longer_max_length, training_args.seed, model, metrics
-        )
-    else:
-        data = describe_user_data(user_data, tokenizer_description, model, metrics)
-    measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
+@dataclass
+class RunRecord:
+    """What a finished run knows beyond its arguments, for the model card."""
+
+    argv: list[str]  # the command line's flags
+    metrics: dict[str, float]  # every split's metrics, as the Trainer saved them ("test_exact_match", ...)
+    trainer_state: TrainerState  # when training stopped, and the checkpoint kept
+    examples: Dataset  # held-out examples with "source" and "target"; the card shows the model's answers to three
+    attention_example: dict[str, str]  # the example of the attention figure, with the model's "prediction"
+    user_data: UserData | None  # None: a built-in task's synthetic corpus
+    longer_max_length: int | None  # the longer test's longest sources (None: no longer test)
+    curriculum_steps: int  # the steps of the length curriculum (0: none)
+    hub_repo_id: str | None  # where the folder is pushed, if it is
+    wall_time: float  # seconds, the whole command
+
+
+def describe_tokenizer(model_args: ModelArguments, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where the tokenizer came from."""
+    if data_args.tokenizer_name is not None:
+        return f"`{data_args.tokenizer_name}` ({len(tokenizer):,} tokens)"
+    if model_args.model_name_or_path is not None:
+        return f"the tokenizer of `{model_args.model_name_or_path}` ({len(tokenizer):,} tokens)"
+    if model_args.tokenizer_type is not None:
+        kind = "byte-level BPE" if model_args.tokenizer_type == "bpe" else "word-level"
+        return f"{kind}, {len(tokenizer):,} tokens, trained on the training split"
+    return f"the built-in word-level tokenizer ({len(tokenizer):,} tokens)"
+
+
+def metadata(
+    name: str, data: DataDescription, base_model: str | None, metrics: dict[str, float], measured: list[str]
+) -> ModelCardData:
+    """The card's Hub metadata, with the model-index of the measured test metrics."""
     eval_results = [
         EvalResult(
             task_type="text2text-generation",
@@ -327,7 +342,7 @@ def write_model_card(
         for key in measured
         if f"test_{key}" in metrics
     ]
-    card_data = ModelCardData(
+    return ModelCardData(
         model_name=name,
         library_name="transformers",
         license="apache-2.0",
@@ -340,89 +355,33 @@ def write_model_card(
         eval_results=eval_results or None,
     )
 
-    size = ", ".join(
-        f"{field} {getattr(config, field)}"
-        for field in (
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "num_attention_heads",
-            "ffn_dim",
-            "position_embedding_type",
-            "norm_position",
-        )
-        if hasattr(config, field)
-    )
-    load_path = hub_repo_id or str(Path(training_args.output_dir))
-    samples = [test_examples[index] for index in range(min(3, len(test_examples)))]
-    predictions = predict(model, tokenizer, [sample["source"] for sample in samples])
-    command = "python train/train.py" + ("" if not argv else " " + shlex.join(argv))
-    if training_args.world_size > 1:
-        command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
-    started_from = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
-    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
-    global_batch = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
-    )
-    warmup = (
-        f"{training_args.warmup_steps:g} of the steps in warmup"
-        if 0 < training_args.warmup_steps < 1
-        else f"{training_args.warmup_steps:g} warmup steps"
-    )
-    steps = (
-        f"{training_args.max_steps} steps"
-        if training_args.max_steps > 0
-        else f"{training_args.num_train_epochs:g} epochs"
-    )
-    stopping = ""
-    if early_stopping_patience and trainer_state is not None and trainer_state.best_metric is not None:
-        metric = training_args.metric_for_best_model
-        steps = f"at most {steps}"
-        if trainer_state.global_step < trainer_state.max_steps:
-            ended = f"stopped after {trainer_state.global_step} steps: validation {metric} had not improved for"
-        else:
-            ended = f"ran all {trainer_state.global_step} steps: validation {metric} never went without improving for"
-        stopping = (
-            f"\n- Early stopping: training {ended} {early_stopping_patience} evaluations. The model is the checkpoint "
-            f"of step {trainer_state.best_global_step}, whose validation {metric} was the best "
-            f"({trainer_state.best_metric:.4g})."
-        )
 
-    if target_exact_match and trainer_state is not None and trainer_state.global_step < trainer_state.max_steps:
-        steps = f"at most {steps}"
-        stopping += (
-            f"\n- Stopped at step {trainer_state.global_step}, the first evaluation whose validation exact match "
-            f"reached the target of {target_exact_match:.1%}."
-        )
-    if curriculum_steps:
-        stopping += (
-            f"\n- Length curriculum: during the first {curriculum_steps} steps, three quarters of each batch are drawn "
-            "among the sequences no longer than a cap that grows from the shortest length to the longest, a quarter "
-            "among all."
-        )
+def metrics_table(metrics: dict[str, float], rows: list[tuple[str, str]], measured: list[str]) -> str:
+    """A markdown table of `measured` metrics, one row per (metric key prefix, label) of `rows` that has samples."""
 
-    def figure(split: str, key: str) -> str:
-        value = metrics.get(f"{split}_{key}")
+    def figure(prefix: str, key: str) -> str:
+        value = metrics.get(f"{prefix}_{key}")
         if value is None:
             return "not measured"
         return f"{100 * value:.2f}%" if key in PERCENT_METRICS else f"{value:.2f}"
 
-    table = "\n".join(
-        [
-            "| split | examples | " + " | ".join(METRICS[key][2] for key in measured) + " |",
-            "| --- | --- |" + " --- |" * len(measured),
-            *(
-                f"| {label} | {metrics.get(f'{split}_samples', '-')} | "
-                + " | ".join(figure(split, key) for key in measured)
-                + " |"
-                for split, label in (
-                    ("test", "test (held out)"),
-                    ("eval", "validation"),
-                    ("longer_test", f"longer inputs, {(max_length or 0) + 1}-{longer_max_length} (held out)"),
-                )
-                if f"{split}_samples" in metrics
-            ),
-        ]
+    lines = [
+        "| split | examples | " + " | ".join(METRICS[key][2] for key in measured) + " |",
+        "| --- | --- |" + " --- |" * len(measured),
+    ]
+    for prefix, label in rows:
+        if f"{prefix}_samples" in metrics:
+            figures = " | ".join(figure(prefix, key) for key in measured)
+            lines.append(f"| {label} | {metrics[f'{prefix}_samples']} | {figures} |")
+    return "\n".join(lines)
+
+
+def results_section(
+    metrics: dict[str, float], measured: list[str], data_args: DataArguments, run: RunRecord, hardware: str
+) -> str:
+    longer = f"longer inputs, {(data_args.max_length or 0) + 1}-{run.longer_max_length} (held out)"
+    table = metrics_table(
+        metrics, [("test", "test (held out)"), ("eval", "validation"), ("longer_test", longer)], measured
     )
     text_metrics_note = (
         " chrF and BLEU are sacrebleu's corpus scores (0-100) of the decoded answers against the decoded targets;"
@@ -430,26 +389,49 @@ def write_model_card(
         if "chrf" in measured or "bleu" in measured
         else ""
     )
-    example_rows = "\n".join(
-        f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
-        for sample, prediction in zip(samples, predictions)
-    )
-    body = f"""
-# {name}
-
-A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
-`train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).
-
-## Results
+    return f"""## Results
 
 Greedy decoding; exact match means the whole output sequence, up to and including `</s>`, is right.{text_metrics_note}
 
 {table}
 
-The whole command took {wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
-training, on {describe_hardware(training_args)}.
+The whole command took {run.wall_time / 60:.1f} minutes, {metrics.get("train_runtime", float("nan")):.0f} s of them
+training, on {hardware}."""
 
-## How to use
+
+def typed_inputs_section(metrics: dict[str, float], data_args: DataArguments, longer_max_length: int | None) -> str:
+    """Exact match on each family of inputs a person types (typed_inputs.py), at the training's lengths and at the
+    longer test's; empty where none was measured."""
+    ranges = {"test_family": f"{data_args.min_length}-{data_args.max_length}"}
+    if longer_max_length:
+        ranges["longer_test_family"] = f"{data_args.max_length + 1}-{longer_max_length}"
+    rows = []
+    for family, description in FAMILY_DESCRIPTIONS.items():
+        cells = []
+        for prefix in ranges:
+            value, count = metrics.get(f"{prefix}_{family}_exact_match"), metrics.get(f"{prefix}_{family}_samples")
+            cells.append("-" if value is None else f"{100 * value:.1f}% of {count}")
+        if any(cell != "-" for cell in cells):
+            rows.append(f"| {description} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    header = "| inputs | " + " | ".join(f"{lengths} integers" for lengths in ranges.values()) + " |"
+    return f"""## Inputs a person types
+
+The uniform test split almost never holds a run or only a few distinct values. Exact match on held-out inputs of each
+kind a person tries first (none of them occurs in training; `typed_inputs.py` of the project):
+
+{header}
+| --- |{" --- |" * len(ranges)}
+{chr(10).join(rows)}"""
+
+
+def usage_section(load_path: str, data: DataDescription, samples: list[dict], predictions: list[str]) -> str:
+    example_rows = "\n".join(
+        f"| `{sample['source']}` | `{sample['target']}` | `{prediction}` |"
+        for sample, prediction in zip(samples, predictions)
+    )
+    return f"""## How to use
 
 The model's code is stored with it, so `trust_remote_code=True` loads it without installing anything but
 `transformers` and `torch`.
@@ -468,31 +450,129 @@ print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)
 
 | input | expected | model output |
 | --- | --- | --- |
-{example_rows}
+{example_rows}"""
 
-## Training
+
+def recipe_lines(data_args: DataArguments) -> str:
+    """The recipe file the run started from and the values the command line changed in it."""
+    recipe = Path(data_args.recipe)
+    shown = f"train/recipes/{recipe.name}" if recipe.resolve().parent == RECIPES else str(recipe)
+    changed = ", ".join(f"`{name}` {value}" for name, value in data_args.recipe_overrides.items())
+    return f"- Recipe: `{shown}`" + (f", with {changed} from the command line." if changed else ", as it is.")
+
+
+def stop_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArguments, state: TrainerState) -> list[str]:
+    """Why training stopped, where a rule other than the step count could stop it; no line where it took all steps."""
+    lines, stopped_early = [], state.global_step < state.max_steps
+    if data_args.early_stopping_patience and state.best_metric is not None:
+        metric = training_args.metric_for_best_model
+        if stopped_early:
+            ended = f"stopped after {state.global_step} steps: validation {metric} had not improved for"
+        else:
+            ended = f"ran all {state.global_step} steps: validation {metric} never went without improving for"
+        lines.append(
+            f"- Early stopping: training {ended} {data_args.early_stopping_patience} evaluations. The model is the "
+            f"checkpoint of step {state.best_global_step}, whose validation {metric} was the best "
+            f"({state.best_metric:.4g})."
+        )
+    if data_args.target_exact_match and stopped_early:
+        lines.append(
+            f"- Stopped at step {state.global_step}, the first evaluation whose validation exact match "
+            f"reached the target of {data_args.target_exact_match:.1%}."
+        )
+    return lines
+
+
+def training_section(
+    data: DataDescription, data_args: DataArguments, training_args: Seq2SeqTrainingArguments, run: RunRecord
+) -> str:
+    command = "python train/train.py" + ("" if not run.argv else " " + shlex.join(run.argv))
+    if training_args.world_size > 1:
+        command += f"   # launched on {training_args.world_size} processes (torchrun / accelerate launch)"
+    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    global_batch = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    warmup = training_args.warmup_steps
+    warmup = f"{warmup:g} of the steps in warmup" if 0 < warmup < 1 else f"{warmup:g} warmup steps"
+    steps = (
+        f"{training_args.max_steps} steps"
+        if training_args.max_steps > 0
+        else f"{training_args.num_train_epochs:g} epochs"
+    )
+    lines = stop_lines(data_args, training_args, run.trainer_state)
+    if lines:
+        steps = f"at most {steps}"
+    if run.curriculum_steps:
+        lines.append(
+            f"- Length curriculum: during the first {run.curriculum_steps} steps, three quarters of each batch are "
+            "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
+            "quarter among all."
+        )
+    return f"""## Training
 
 ```bash
 {command}
 ```
 
+{recipe_lines(data_args)}
 - Data: {data.training_data}
 - Optimisation: AdamW, learning rate {training_args.learning_rate:g}, {schedule} schedule with
-  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.{stopping}
+  {warmup}, {steps} of {global_batch} examples, weight decay {training_args.weight_decay:g}.
+{chr(10).join(lines)}
 
-![Training and validation curves](training_curves.png)
+![Training and validation curves](training_curves.png)"""
 
-## What the model attends to
+
+def attention_section(example: dict[str, str]) -> str:
+    return f"""## What the model attends to
 
 The encoder-decoder attention weights α' of every decoder layer and head while the model answers the test
-example `{attention_example["source"]}` (expected `{attention_example["target"]}`, generated
-`{attention_example["prediction"]}`). Row *i* is the query that produces output token *i*; bright cells are the
+example `{example["source"]}` (expected `{example["target"]}`, generated
+`{example["prediction"]}`). Row *i* is the query that produces output token *i*; bright cells are the
 source tokens it reads.
 
-![Cross-attention weights](attention.png)
+![Cross-attention weights](attention.png)"""
 
-## Intended use and limitations
 
-{data.limitations}
-"""
-    path.write_text(f"---\n{card_data.to_yaml()}\n---\n{body}")
+def write_model_card(
+    path: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    run: RunRecord,
+) -> None:
+    """README.md with Hub metadata (license, tags, model-index with the measured test metrics) and the usage,
+    training, results, attention figure and limitations of the model, one section each, in `path`'s folder."""
+    name = Path(training_args.output_dir).absolute().name
+    metrics = run.metrics
+    if run.user_data is None:
+        data = describe_synthetic_data(data_args, run.longer_max_length, training_args.seed, model, metrics)
+    else:
+        data = describe_user_data(run.user_data, describe_tokenizer(model_args, data_args, tokenizer), model, metrics)
+    measured = [key for key in METRICS if f"test_{key}" in metrics or f"eval_{key}" in metrics]
+    base_model = model_args.model_name_or_path
+    config = model.config
+    size = ", ".join(
+        f"{field} {getattr(config, field)}" for field in flag_names(NewModelArguments) if hasattr(config, field)
+    )
+    started_from = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
+    samples = [run.examples[index] for index in range(min(3, len(run.examples)))]
+    predictions = predict(model, tokenizer, [sample["source"] for sample in samples])
+    sections = [
+        f"""# {name}
+
+A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {data.corpus} with
+`train/train.py` of the hf_tiny_transformer project: {model.num_parameters():,} parameters ({size}).""",
+        results_section(metrics, measured, data_args, run, describe_hardware(training_args)),
+        typed_inputs_section(metrics, data_args, run.longer_max_length),
+        usage_section(run.hub_repo_id or str(Path(training_args.output_dir)), data, samples, predictions),
+        training_section(data, data_args, training_args, run),
+        attention_section(run.attention_example),
+        f"## Intended use and limitations\n\n{data.limitations}",
+    ]
+    card_data = metadata(name, data, base_model, metrics, measured)
+    body = "\n\n".join(section for section in sections if section)
+    path.write_text(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")

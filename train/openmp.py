@@ -9,11 +9,14 @@ model runs thousands of small regions, so the choice moves the whole step (bench
 - next to another busy process, a spinning thread holds the core its sibling thread is waiting for: steps took
   1.6x longer than with sleeping threads (15x in an earlier measurement).
 
-So train.py keeps libgomp's default when the CPUs are free as it starts, and makes idle threads sleep when other
-processes already keep at least half a CPU busy. An `OMP_WAIT_POLICY` the user set is left as it is.
+So `python train/train.py` keeps libgomp's default when the CPUs are free as it starts, and makes idle threads sleep
+when other processes already keep at least half a CPU busy. An `OMP_WAIT_POLICY` the user set is left as it is.
+Nothing happens when train.py is imported (by a benchmark or a test): only its `__main__` block calls
+`restart_with_wait_policy`.
 """
 
 import os
+import sys
 import time
 from collections.abc import Callable, MutableMapping
 
@@ -52,7 +55,20 @@ def choose_wait_policy(
 ) -> str | None:
     """Where the user set no policy, set `OMP_WAIT_POLICY=PASSIVE` in `environ` if other processes keep at least
     BUSY_CPUS_THRESHOLD CPUs busy (`measure_other_load`). Returns the policy OpenMP will use (None: libgomp's default,
-    spinning)."""
-    if "OMP_WAIT_POLICY" not in environ and measure_other_load() >= BUSY_CPUS_THRESHOLD:
+    spinning). With one thread per process (`OMP_NUM_THREADS=1`, as the tests and torchrun's ranks run) no thread
+    ever waits idle: nothing is measured or set."""
+    if "OMP_WAIT_POLICY" in environ or environ.get("OMP_NUM_THREADS") == "1":
+        return environ.get("OMP_WAIT_POLICY")
+    if measure_other_load() >= BUSY_CPUS_THRESHOLD:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return environ.get("OMP_WAIT_POLICY")
+
+
+def restart_with_wait_policy(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Where this process's idle OpenMP threads should sleep (choose_wait_policy), start the program again with the
+    policy set, as the same process (os.execv keeps the process id, so a launcher such as torchrun still waits for
+    it). By the time a script's `__main__` block runs, its imports have loaded torch, whose OpenMP runtime
+    has read the environment already; the new program reads the policy as torch loads. It happens at most once (the
+    policy is then set) and only where the CPUs are busy: on free CPUs nothing is set and nothing restarts."""
+    if "OMP_WAIT_POLICY" not in environ and choose_wait_policy(environ) is not None:
+        os.execv(sys.executable, sys.orig_argv)  # orig_argv keeps the interpreter's own options (torchrun's -u)

@@ -1,7 +1,7 @@
 """A few AdamW steps of TinyTransformer with FSDP2 (`fully_shard`) on CPU processes, or the same steps in one process.
 
-    torchrun --nproc_per_node 2 tests/train_with_fully_shard.py OUTPUT_DIR   # FSDP over gloo, batch split by rank
-    python tests/train_with_fully_shard.py OUTPUT_DIR                         # one process, the same global batches
+    torchrun --nproc_per_node 2 tests/launched/train_with_fully_shard.py OUTPUT_DIR   # FSDP over gloo, batch split by rank
+    python tests/launched/train_with_fully_shard.py OUTPUT_DIR                         # one process, the same global batches
 
 tests/test_distributed.py runs both and compares the saved weights. The Trainer cannot run FSDP on a CPU (with
 `use_cpu` Accelerate picks MULTI_CPU, i.e. DDP; see README.md, "Distributed training and mixed precision"), so this
@@ -26,7 +26,7 @@ from torch.distributed.fsdp import fully_shard
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train.data import build_tokenizer, generate_examples
 
-FSDP_CONFIG = Path(__file__).resolve().parents[1] / "train" / "accelerate" / "fsdp.yaml"
+FSDP_CONFIG = Path(__file__).resolve().parents[2] / "train" / "accelerate" / "fsdp.yaml"
 
 
 def wrap_policy() -> tuple[list[str], bool]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""TinyTransformer against transformers' BART at the same size: training and generation speed, memory.
+"""The comparison with transformers' BART at the same size: training and generation speed, and memory, of
+TinyTransformer and `BartForConditionalGeneration`.
 
-    python bench/benchmark.py --quick                                    # a few minutes: small size, few repeats
-    python bench/benchmark.py --output bench/results/cpu-fp32.json       # the full table (~10 min on 2 quiet CPU cores)
+    python -m bench.compare_with_bart --quick                               # a few minutes: small size, few repeats
+    python -m bench.compare_with_bart --output bench/results/cpu-fp32.json  # the full table (~10 min, 2 quiet cores)
 
 Every figure is a ratio measured in this run against `BartForConditionalGeneration` configured to the same d_model,
 layers, heads, feed-forward width, vocabulary and sequence lengths, on the same inputs. The two models alternate
@@ -14,29 +15,30 @@ The script prints and writes JSON; it never asserts a target (see bench/README.m
 """
 
 import argparse
-import datetime
 import multiprocessing
-import os
-import platform
 import statistics
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, Trainer
+from transformers import GenerationConfig
 from transformers.utils import is_flash_attn_2_available
 
-from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-
-from reports import write_report
-from timing import alternate
-
-PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of these benchmark models
-FIRST_ORDINARY_ID = 5  # random inputs draw ids from [5, vocab_size): no special token, no "+"
-MODEL_NAMES = ("ours", "bart")
+from bench.common import (
+    BOS,
+    EOS,
+    FIRST_ORDINARY_ID,
+    MODEL_NAMES,
+    PAD,
+    Report,
+    alternate,
+    build_model,
+    make_optimizer,
+    summarize,
+    text_table,
+)
+from hf_tiny_transformer import TinyTransformerConfig
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,12 @@ class Size:
     dropout: float = 0.1  # both libraries' default
 
 
-SMALL = Size("small", d_model=128, layers=2, heads=4, ffn_dim=512)
+# train.py's model: TinyTransformerConfig's default size, the one place it is written.
+_DEFAULT = TinyTransformerConfig()
+SMALL = Size(
+    "small", d_model=_DEFAULT.d_model, layers=_DEFAULT.encoder_layers, heads=_DEFAULT.num_attention_heads,
+    ffn_dim=_DEFAULT.ffn_dim,
+)  # fmt: skip
 MEDIUM = Size("medium", d_model=512, layers=6, heads=8, ffn_dim=2048)
 # `--smoke`: every measurement once on a model of a few thousand parameters, to check that the script runs.
 TINY = Size("tiny", d_model=16, layers=1, heads=2, ffn_dim=32, vocab_size=32, max_positions=300)
@@ -88,51 +95,17 @@ def synchronize(device: Device) -> None:
 def build_models(
     size: Size, device: Device, seed: int = 0, position_embedding_type: str = "learned"
 ) -> dict[str, torch.nn.Module]:
-    """Ours and BART with the same dimensions, GELU, tied embeddings and the same dropout. Ours has learned
-    positions like BART (so the parameter counts match) unless `position_embedding_type` says otherwise; each keeps
-    its own norm placement (ours pre-norm, BART post-norm) and embedding scaling (ours √d, BART none)."""
-    fields = asdict(size)
-    special = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
-    torch.manual_seed(seed)
-    ours = TinyTransformerForConditionalGeneration(
-        TinyTransformerConfig(
-            vocab_size=fields["vocab_size"],
-            d_model=fields["d_model"],
-            encoder_layers=fields["layers"],
-            decoder_layers=fields["layers"],
-            num_attention_heads=fields["heads"],
-            ffn_dim=fields["ffn_dim"],
-            max_position_embeddings=fields["max_positions"],
-            dropout=fields["dropout"],
-            activation_function="gelu",
-            position_embedding_type=position_embedding_type,
-            **special,
-        ),
-    )
-    torch.manual_seed(seed)
-    bart = BartForConditionalGeneration(
-        BartConfig(
-            vocab_size=fields["vocab_size"],
-            d_model=fields["d_model"],
-            encoder_layers=fields["layers"],
-            decoder_layers=fields["layers"],
-            encoder_attention_heads=fields["heads"],
-            decoder_attention_heads=fields["heads"],
-            encoder_ffn_dim=fields["ffn_dim"],
-            decoder_ffn_dim=fields["ffn_dim"],
-            max_position_embeddings=fields["max_positions"],
-            dropout=fields["dropout"],
-            attention_dropout=0.0,
-            activation_dropout=0.0,
-            activation_function="gelu",
-            forced_eos_token_id=None,
-            **special,
-        ),
-    )
-    models = {"ours": ours, "bart": bart}
-    for model in models.values():
+    """Ours and BART of `size` (bench.common.build_model), each with the device's attention, on the device."""
+    models = {}
+    for name in MODEL_NAMES:
+        model = build_model(
+            name, vocab_size=size.vocab_size, d_model=size.d_model, encoder_layers=size.layers,
+            decoder_layers=size.layers, num_attention_heads=size.heads, ffn_dim=size.ffn_dim,
+            max_position_embeddings=size.max_positions, dropout=size.dropout,
+            position_embedding_type=position_embedding_type, seed=seed,
+        )  # fmt: skip
         model.set_attn_implementation(device.attn_implementation)
-        model.to(device.type)
+        models[name] = model.to(device.type)
     return models
 
 
@@ -143,10 +116,6 @@ def count_parameters(model: torch.nn.Module) -> int:
 def random_ids(batch: int, length: int, vocab_size: int, device: Device, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(FIRST_ORDINARY_ID, vocab_size, (batch, length), generator=generator).to(device.type)
-
-
-def summarize(seconds: list[float]) -> dict:
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds), "seconds": seconds}
 
 
 def paired_speedup(seconds: dict[str, list[float]]) -> float:
@@ -189,16 +158,6 @@ def training_step_function(model, device: Device, inputs: dict, optimizer: torch
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def make_optimizer(model, learning_rate: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW as the Trainer builds it by default (`adamw_torch_fused`; no decay on biases and norms)."""
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
 
 
 def benchmark_training(size: Size, device: Device, peak: float, repeats: int, batch=32, length=64) -> dict:
@@ -365,26 +324,6 @@ def benchmark_memory(workloads: list[dict], device: Device, threads: int) -> lis
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
-def machine_description() -> dict:
-    description = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            names = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-            description["cpu"] = next(names)
-    except (OSError, StopIteration):
-        description["cpu"] = platform.processor()
-    if torch.cuda.is_available():
-        description["gpu"] = torch.cuda.get_device_name()
-    return description
-
-
 def format_table(report: dict) -> str:
     rows = [("measure", "ours", "BART", "ours/BART", "target")]
 
@@ -444,18 +383,7 @@ def format_table(report: dict) -> str:
             f"{result['ratio']:.2f}x",
             "<= 1.00x" if result["workload"] == "train" else "",
         )
-    widths = [max(len(str(row[column])) for row in rows) for column in range(5)]
-    lines = []
-    for index, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                str(cell).ljust(width) if column == 0 else str(cell).rjust(width)
-                for column, (cell, width) in enumerate(zip(row, widths))
-            )
-        )
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -489,17 +417,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Shapes of the inputs: the benchmark's own, or a few tokens for --smoke.
     training_shape = {"batch": 2, "length": 6} if args.smoke else {}
     generation_shape = {"new_tokens": 4, "length": 6} if args.smoke else {}
-    started = time.perf_counter()
-    report = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "mode": "smoke" if args.smoke else "quick" if quick else "full",
-        "machine": machine_description(),
-        "device": {"type": device.type, "dtype": str(device.dtype), "attn_implementation": device.attn_implementation},
-        "load_average_start": os.getloadavg(),
-    }
-
-    def progress(message):
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+    report = Report(
+        "smoke" if args.smoke else "quick" if quick else "full",
+        device={"type": device.type, "dtype": str(device.dtype), "attn_implementation": device.attn_implementation},
+    )
+    progress = report.progress
 
     report["parameters"] = {}
     for size in sizes:
@@ -529,20 +451,8 @@ def main(argv: list[str] | None = None) -> dict:
         workloads = [{"workload": "train", "size": size.name} for size in sizes]
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
-    report["load_average_end"] = os.getloadavg()
-    report["wall_s"] = time.perf_counter() - started
-    table = format_table(report)
-    report["table"] = table
-    machine = report["machine"]
-    print(
-        f"{report['date']}  {machine.get('gpu', machine['cpu'])}, {machine['cpu_count']} CPUs, "
-        f"{machine['torch_threads']} torch threads; torch {machine['torch']}, "
-        f"transformers {machine['transformers']}; {device.type} {report['device']['dtype']}, "
-        f"attention {device.attn_implementation}; load average {report['load_average_start'][0]:.1f} -> "
-        f"{report['load_average_end'][0]:.1f}; {report['mode']} run, {report['wall_s']:.0f} s"
-    )
-    print(table)
-    write_report(args.output, report)
+    workload = f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}"
+    report.finish(format_table(report), workload, args.output)
     return report
 
 

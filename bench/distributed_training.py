@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Training throughput of train.py's default model on CPU: DDP, 1 against 2 processes, bf16 autocast, torch.compile.
 
-    python bench/distributed.py                                           # the table (a few minutes on 2 quiet cores)
-    python bench/distributed.py --output bench/results/distributed-cpu.json
-    python bench/distributed.py --smoke                                   # a tiny model, two steps: checks it runs
+    python -m bench.distributed_training                    # the table (a few minutes on 2 quiet cores)
+    python -m bench.distributed_training --output bench/results/distributed-cpu.json
+    python -m bench.distributed_training --smoke            # a tiny model, two steps: checks it runs
 
 The model, per-process batch, sequence lengths, learning rate, weight decay and gradient clipping are those of
 `python train/train.py` (its default task, read from train.py itself); the batches are random ids of the longest
@@ -24,11 +24,9 @@ Figures are medians over the repeats. The script prints a table and writes JSON;
 """
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,24 +35,19 @@ from pathlib import Path
 
 import torch
 import transformers
-from benchmark import machine_description, make_optimizer
 
+from bench.common import FIRST_ORDINARY_ID, REPOSITORY, Report, alternate, make_optimizer, summarize, text_table
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-
-from reports import write_report
-from timing import alternate
-
-FIRST_ORDINARY_ID = 5  # random ids from [5, vocab_size): no special token
 
 
 def default_workload(task: str | None = None) -> dict:
     """train.py's defaults for `task` (None: its default task): the new model's config, the per-process batch, the
     longest source and target (each + </s>; the decoder sees the start token and the target) and the precision."""
-    from hf_tiny_transformer_train import train
+    from hf_tiny_transformer_train.arguments import new_model_config, parse_arguments
     from hf_tiny_transformer_train.data import build_tokenizer, source_length, target_length
 
-    model_args, data_args, training_args = train.parse_arguments([] if task is None else ["--task", task])
-    config = train.new_model_config(model_args, build_tokenizer())
+    model_args, data_args, training_args = parse_arguments([] if task is None else ["--task", task])
+    config = new_model_config(model_args, build_tokenizer())
     return {
         "task": data_args.task,
         "config": config.to_dict(),
@@ -87,7 +80,7 @@ def tokens_per_step(workload: dict) -> int:
     return workload["batch"] * (workload["source_length"] + workload["target_length"])
 
 
-def build_model(workload: dict) -> TinyTransformerForConditionalGeneration:
+def workload_model(workload: dict) -> TinyTransformerForConditionalGeneration:
     torch.manual_seed(0)  # every copy, in every process, starts from the same weights
     return TinyTransformerForConditionalGeneration(TinyTransformerConfig.from_dict(workload["config"])).train()
 
@@ -120,11 +113,6 @@ def training_step(model, unwrapped, workload: dict, inputs: dict, autocast_dtype
     return step
 
 
-def summarize(seconds: list[float], tokens: int) -> dict:
-    median = statistics.median(seconds)
-    return {"median_s": median, "steps_per_s": 1 / median, "tokens_per_s": tokens / median, "seconds": seconds}
-
-
 # ------------------------------------------------------------------------------------------------ the DDP worker
 def ddp_worker(workload: dict, repeats: int, warmup: int, result_path: Path) -> None:
     """Runs in each torchrun process: DDP with and without the unused-parameter search, in turn."""
@@ -136,7 +124,7 @@ def ddp_worker(workload: dict, repeats: int, warmup: int, result_path: Path) -> 
     inputs = random_batch(workload, seed=1 + rank)  # each rank its own half of the global batch
 
     def ddp_step(find_unused: bool):
-        model = build_model(workload)
+        model = workload_model(workload)
         return training_step(
             DistributedDataParallel(model, find_unused_parameters=find_unused), model, workload, inputs
         )
@@ -162,11 +150,14 @@ def measure_ddp(workload: dict, processes: int, threads: int, repeats: int, warm
         result_path = Path(folder) / "ddp.json"
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            __file__, "--ddp_worker", json.dumps(workload), "--repeats", str(repeats), "--warmup", str(warmup),
+            "--module", "bench.distributed_training", "--ddp_worker", json.dumps(workload), "--repeats", str(repeats), "--warmup", str(warmup),
             "--result", str(result_path),
         ]  # fmt: skip
         environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+        # From the repository root, where the workers import this module as `python -m` does.
+        completed = subprocess.run(
+            command, env=environment, cwd=REPOSITORY, capture_output=True, text=True, check=False
+        )
         if completed.returncode != 0:
             raise RuntimeError(f"the DDP processes failed:\n{completed.stderr[-5000:]}")
         return json.loads(result_path.read_text())
@@ -176,7 +167,7 @@ def measure_ddp(workload: dict, processes: int, threads: int, repeats: int, warm
 def measure_one_process(workload: dict, threads: int, repeats: int, warmup: int) -> dict:
     """fp32 eager tokens/s of one process with `threads` intra-op threads."""
     torch.set_num_threads(threads)
-    model = build_model(workload)
+    model = workload_model(workload)
     seconds = alternate(
         {"fp32": training_step(model, model, workload, random_batch(workload, 1))}, repeats, warmup=warmup
     )
@@ -187,7 +178,7 @@ def measure_precision_and_compile(workload: dict, threads: int, repeats: int, wa
     """fp32 eager, bf16 autocast and torch.compile in turn, in one process with `threads` threads."""
     torch.set_num_threads(threads)
     inputs = random_batch(workload, 1)
-    eager, mixed, to_compile = (build_model(workload) for _ in range(3))
+    eager, mixed, to_compile = (workload_model(workload) for _ in range(3))
     steps = {
         "fp32 eager": training_step(eager, eager, workload, inputs),
         "bf16 autocast": training_step(mixed, mixed, workload, inputs, autocast_dtype=torch.bfloat16),
@@ -236,15 +227,7 @@ def format_table(report: dict) -> str:
          f"{precision['fp32 compiled']['tokens_per_s'] / eager['tokens_per_s']:.2f}x", "/ fp32 eager"),
         ("torch.compile time, s (first step minus an eager step)", f"{precision['compile_s']:.1f}", "", ""),
     ]  # fmt: skip
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [cell.ljust(width) if column in (0, 3) else cell.rjust(width) for column, (cell, width) in
-                 enumerate(zip(row, widths))]  # fmt: skip
-        lines.append("  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return text_table(rows, left_columns=(0, 3))
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -272,19 +255,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     all_threads = args.threads or torch.get_num_threads()
     processes = 2
     threads_per_process = max(1, all_threads // processes)
-    started = time.perf_counter()
-    report = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "mode": "smoke" if args.smoke else "full",
-        "machine": machine_description(),
-        "workload": {key: value for key, value in workload.items() if key != "config"},
-        "parameters": sum(parameter.numel() for parameter in build_model(workload).parameters()),
-        "repeats": repeats,
-        "load_average_start": os.getloadavg(),
-    }
-
-    def progress(message):
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+    report = Report(
+        "smoke" if args.smoke else "full",
+        workload={key: value for key, value in workload.items() if key != "config"},
+        parameters=sum(parameter.numel() for parameter in workload_model(workload).parameters()),
+        repeats=repeats,
+    )
+    progress = report.progress
 
     progress(f"DDP, {processes} processes x {threads_per_process} threads")
     report["ddp"] = measure_ddp(workload, processes, threads_per_process, repeats, warmup)
@@ -294,19 +271,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     report["all_cores"] = measure_one_process(workload, all_threads, repeats, warmup)
     progress("fp32 eager, bf16 autocast, torch.compile")
     report["precision"] = measure_precision_and_compile(workload, all_threads, repeats, warmup)
-    report["load_average_end"] = os.getloadavg()
-    report["wall_s"] = time.perf_counter() - started
-    report["table"] = format_table(report)
-    machine, shape = report["machine"], report["workload"]
-    print(
-        f"{report['date']}  {machine['cpu']}, {machine['cpu_count']} CPUs; torch {machine['torch']}, transformers "
-        f"{machine['transformers']}; {shape['task']} task, {report['parameters']:,} parameters, batch "
-        f"{shape['batch']} x ({shape['source_length']} + {shape['target_length']}) tokens per process; load average "
-        f"{report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {report['mode']} run, "
-        f"{report['wall_s']:.0f} s"
+    shape = report["workload"]
+    report.finish(
+        format_table(report),
+        f"{shape['task']} task, {report['parameters']:,} parameters, batch {shape['batch']} x "
+        f"({shape['source_length']} + {shape['target_length']}) tokens per process",
+        args.output,
     )
-    print(report["table"])
-    write_report(args.output, report)
     return report
 
 

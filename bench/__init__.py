@@ -1,0 +1,3 @@
+"""The benchmarks of hf_tiny_transformer: scripts run from the repository root as modules (`python -m bench.learning`),
+each printing a table of figures and ratios (and writing JSON with --output); they never assert. Their shared helpers
+are in `bench.common`. See bench/README.md for what each measures and the figures measured so far."""
