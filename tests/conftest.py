@@ -1,4 +1,15 @@
-"""Shared fixtures: tiny configs, seeded tiny models and padded batches; no network."""
+"""Shared fixtures: tiny configs, seeded tiny models and padded batches; no network.
+
+A test passes on every machine or it is a failing test. Floats are compared exactly only where both sides were
+computed in one process, with the same threads and precision: the last bits of a sum depend on how the work is split
+among threads and on the CPU's instructions. A float computed in a child process is compared exactly with one
+computed here only with both sides pinned to the same settings (`same_threads_as_child_processes`; children start
+with `OMP_NUM_THREADS`, set below); otherwise with a tolerance whose comment says what it allows.
+
+Threads: `TINY_TRANSFORMER_TEST_THREADS=N` forces torch's intra-op threads to N in every test process and in every
+process the tests start (it sets `OMP_NUM_THREADS`, which torch and torchrun read as they start). Unset, a
+pytest-xdist worker runs one thread, a plain `pytest -n 0` torch's default, and child processes one thread.
+"""
 
 import importlib
 import os
@@ -7,6 +18,10 @@ from pathlib import Path
 # No network in tests: every model, tokenizer and dataset is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile in this process and in those the tests start compiles in the process itself: with more than one compile
+# thread, inductor first starts a pool of worker processes, each importing torch (seconds of a core each), to compile
+# the few kernels of a tiny model on cores that the other test workers already keep busy.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -15,11 +30,48 @@ import transformers  # noqa: E402
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration  # noqa: E402
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES  # noqa: E402
 
-# Under pytest-xdist (scripts/test.sh) each core already runs a worker or its child processes: a worker's second
-# intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
-# tests ran up to 10x slower so). Child processes keep their own settings.
-if os.environ.get("PYTEST_XDIST_WORKER"):
+THREADS_VARIABLE = "TINY_TRANSFORMER_TEST_THREADS"
+
+
+def forced_threads() -> int | None:
+    """The intra-op thread count forced by TINY_TRANSFORMER_TEST_THREADS, or None where it is unset or empty."""
+    value = os.environ.get(THREADS_VARIABLE, "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_VARIABLE}={value!r}: expected a whole number of threads >= 1")
+    return int(value)
+
+
+FORCED_THREADS = forced_threads()
+# Child processes (train.py runs, launchers and their ranks, fresh loads) run one thread unless forced: tiny models
+# gain nothing from more, and the cores are shared with the workers. torch reads OMP_NUM_THREADS as it starts, so
+# this process's own threads (already started) are set below.
+CHILD_THREADS = FORCED_THREADS or 1
+os.environ["OMP_NUM_THREADS"] = str(CHILD_THREADS)
+if FORCED_THREADS:
+    torch.set_num_threads(FORCED_THREADS)
+elif os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (scripts/test.sh) each core already runs a worker or its child processes: a worker's second
+    # intra-op thread would only wait, at every parallel region, for a core that another process holds (tiny models'
+    # tests ran up to 10x slower so).
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def child_threads() -> int:
+    """The intra-op threads of the processes tests start (their inherited `OMP_NUM_THREADS`)."""
+    return CHILD_THREADS
+
+
+@pytest.fixture
+def same_threads_as_child_processes(child_threads) -> int:
+    """Runs the test in this process with the child processes' thread count, so that floats computed here and in a
+    child are computed alike; the count before is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(child_threads)
+    yield child_threads
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=POSITION_EMBEDDING_TYPES)
@@ -109,14 +161,15 @@ def bench():
 
 
 def child_environment(tmp: Path) -> dict[str, str]:
-    """The environment of a child process (a training run, a launcher): no network, caches under `tmp`, and one
-    thread per process (torchrun's own default)."""
+    """The environment of a child process (a training run, a launcher): no network, caches under `tmp`, and the
+    child processes' threads (CHILD_THREADS: one, torchrun's own default, unless TINY_TRANSFORMER_TEST_THREADS forces
+    another count)."""
     return {
         **os.environ,
         "HF_HOME": str(tmp / "hf_home"),
         "HF_DATASETS_CACHE": str(tmp / "datasets"),
         "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": str(CHILD_THREADS),
     }
 
 

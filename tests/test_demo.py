@@ -2,7 +2,6 @@
 model trained by train/train.py, driven by headless Chromium (Debian's chromium and chromium-driver, through selenium)
 as a person would use it."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -165,17 +164,6 @@ TINY_REVERSE = [
 ]  # fmt: skip
 
 
-def environment(tmp: Path) -> dict[str, str]:
-    """No network, caches under `tmp`, one intra-op thread (as in this process where the answers are compared)."""
-    return {
-        **os.environ,
-        "HF_HOME": str(tmp / "hf_home"),
-        "HF_DATASETS_CACHE": str(tmp / "datasets"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-
-
 @pytest.fixture(scope="module")
 def chromium_driver():
     """A headless Chromium driven by selenium through Debian's chromedriver (selenium then downloads nothing); the
@@ -216,7 +204,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served_page(tmp_path_factory):
+def served_page(tmp_path_factory, environment):
     """`python demo/app.py --model <folder>` serving on 127.0.0.1 a reverse model that train.py trained; yields the
     page's address and the model folder."""
     tmp = tmp_path_factory.mktemp("served")
@@ -261,7 +249,7 @@ def served_page(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_page):
+def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_page, child_threads):
     # The browser first: where it is missing, the test skips before it trains a model.
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -295,7 +283,7 @@ def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_pa
     verdict = submit("5 3 9 3", by_button=True)
     demo = Demo(str(folder))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the page's process
+    torch.set_num_threads(child_threads)  # as in the page's process (environment's OMP_NUM_THREADS)
     try:
         expected = demo.respond("5 3 9 3")
     finally:
@@ -312,7 +300,7 @@ def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_pa
 
 
 @pytest.mark.slow
-def test_app_on_a_folder_that_names_no_task_says_how_to_name_one(tmp_path):
+def test_app_on_a_folder_that_names_no_task_says_how_to_name_one(tmp_path, environment):
     completed = subprocess.run(
         [sys.executable, str(REPO / "demo" / "app.py"), "--model", str(tmp_path)],
         env=environment(tmp_path),

@@ -4,7 +4,9 @@ against one process, and --bf16 / --torch_compile through train.py end to end.
 The benchmark's smoke run is in test_bench_distributed.py.
 """
 
+import hashlib
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +169,81 @@ def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_pro
     assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
     assert (output_dir / "model.safetensors").is_file()
     assert json.loads((output_dir / "test_results.json").read_text())["test_exact_match"] >= 0
+
+
+# Two nodes, each started by its own launcher as on two machines.
+
+# 4 steps of a global batch of 2 x 8 on a one-layer model, a checkpoint every 2 steps.
+MULTI_NODE_RUN = [
+    "--task", "copy", "--min_length", "1", "--max_length", "4", "--max_steps", "4",
+    "--train_size", "200", "--validation_size", "20", "--test_size", "20", "--longer_test_size", "0",
+    "--d_model", "16", "--encoder_layers", "1", "--decoder_layers", "1", "--num_attention_heads", "2", "--ffn_dim", "32",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--learning_rate", "1e-2",
+    "--warmup_steps", "0", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--use_cpu",
+    "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_started_by_their_own_launchers_train_one_run_written_once_by_rank_0(tmp_path, environment):
+    # Each node has its own disk (working folder, caches and the same relative --output_dir) and its own launcher
+    # with one process; they meet at node 0's address as two machines would. Each process runs train.py's main and
+    # then reports its weights (LAUNCH_PROBE).
+    probe = tmp_path / "launch_probe.py"
+    probe.write_text(LAUNCH_PROBE)
+    port = free_port()
+    nodes = [tmp_path / f"node{node_rank}" for node_rank in range(2)]
+    launchers = []
+    for node_rank, node in enumerate(nodes):
+        node.mkdir()
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            str(probe), *MULTI_NODE_RUN, "--output_dir", "run",
+        ]  # fmt: skip
+        # Output to a file, not a pipe: a launcher blocked on a full pipe would stall the other node's collectives.
+        with (node / "launcher.log").open("w") as log:
+            launchers.append(
+                subprocess.Popen(command, env=environment(node), cwd=node, stdout=log, stderr=subprocess.STDOUT)
+            )
+    try:
+        for launcher in launchers:
+            launcher.wait(timeout=600)
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+    for launcher, node in zip(launchers, nodes):
+        assert launcher.returncode == 0, (node / "launcher.log").read_text()[-5000:]
+
+    folders = [node / "run" for node in nodes]
+    reports = [json.loads((folder / f"rank{rank}.json").read_text()) for rank, folder in enumerate(folders)]
+    for rank, report in enumerate(reports):
+        assert (report["rank"], report["world_size"], report["global_step"]) == (rank, 2, 4)
+        assert report["wrapped_model"] == "DistributedDataParallel" and report["process_group_ended"]
+    # One run: both ranks end with the same weights, bit for bit (DDP applies the same averaged gradients on each
+    # rank, computed with the same threads on the same machine).
+    assert reports[0]["parameters_sha256"] == reports[1]["parameters_sha256"]
+    # Rank 0 wrote the folder: model, card, results and checkpoints. On node 1 there is only what is rank 1's own:
+    # the random state of each checkpoint (for resuming on that node) and the probe's report.
+    assert all((folders[0] / name).is_file() for name in ("model.safetensors", "README.md", "test_results.json"))
+    assert "2 processes on CPU" in (folders[0] / "README.md").read_text()
+    assert sorted(str(path.relative_to(folders[1])) for path in folders[1].rglob("*") if path.is_file()) == [
+        "checkpoint-2/rng_state_1.pth",
+        "checkpoint-4/rng_state_1.pth",
+        "rank1.json",
+    ]
+    # The saved model holds the weights the ranks ended with (hashed as the probe hashes them).
+    saved = AutoModelForSeq2SeqLM.from_pretrained(folders[0])
+    parameters = torch.cat([parameter.detach().flatten() for parameter in saved.parameters()])
+    assert hashlib.sha256(parameters.numpy().tobytes()).hexdigest() == reports[0]["parameters_sha256"]
 
 
 # FSDP2 on CPU: fully_shard with fsdp.yaml's policy (the Trainer runs DDP instead when use_cpu is set).

@@ -216,7 +216,11 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_remote_code_loads_in_a_fresh_process_without_our_package(tiny_model_of_each_scheme, batch, tmp_path):
+def test_remote_code_loads_in_a_fresh_process_without_our_package(
+    tiny_model_of_each_scheme, batch, tmp_path, same_threads_as_child_processes
+):
+    # Exact comparison across processes: this side computes with the child's thread count (the fixture), and the
+    # child, started with OMP_NUM_THREADS from the environment, with the same.
     inputs = {}
     for scheme, model in tiny_model_of_each_scheme.items():
         model.save_pretrained(tmp_path / scheme / "checkpoint")

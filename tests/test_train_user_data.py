@@ -37,12 +37,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet_process(tmp_path_factory):
+def quiet_process(tmp_path_factory, child_threads):
     """What datasets caches (CSV and Parquet reads) goes under the tests' folder; and the runs in this process use
-    one thread, as the subprocess tests do with OMP_NUM_THREADS=1: tiny models gain nothing from two, and OpenMP's
-    spinning threads would fight the other tests and processes for the cores."""
+    the child processes' threads (one unless forced, see conftest.py): tiny models gain nothing from two, OpenMP's
+    spinning threads would fight the other tests and processes for the cores, and a fresh process's answers are
+    compared with this one's."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(child_threads)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("datasets")))
         yield
@@ -201,7 +202,7 @@ def test_jsonl_run_learns_and_a_fresh_process_generates_the_same_answers(jsonl_r
     )
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_LOAD, str(output_dir), json.dumps(sources)],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=300,
         check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
