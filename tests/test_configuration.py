@@ -53,6 +53,9 @@ def test_auto_config_builds_and_round_trips(tmp_path):
         ("eos_token_id", 500),
         ("decoder_start_token_id", 128),
         ("pad_token_id", None),
+        ("relative_attention_reference_length", 1),
+        ("relative_attention_reference_length", 12.5),
+        ("relative_attention_reference_length", True),
     ],
 )
 def test_invalid_field_raises_value_error_naming_it(field, value):

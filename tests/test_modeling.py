@@ -251,3 +251,59 @@ def test_relative_positions_under_a_backend_that_cannot_add_a_bias_is_a_clear_er
     ids = torch.randint(3, 40, (1, 4))
     with pytest.raises(ValueError, match=rf"position_embedding_type='relative'.*{implementation}.*'sdpa' or 'eager'"):
         model(input_ids=ids, decoder_input_ids=ids)
+
+
+def relative_model(reference_length: int | None, seed: int = 0) -> TinyTransformerForConditionalGeneration:
+    config = TinyTransformerConfig(
+        vocab_size=40, d_model=32, num_attention_heads=4, position_embedding_type="relative",
+        relative_attention_reference_length=reference_length,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = TinyTransformerForConditionalGeneration(config).eval()
+    with torch.no_grad():  # biases far from zero, so that scaling them shows
+        for bias in (
+            model.model.decoder.position_bias.from_start.bias,
+            model.model.decoder.position_bias.from_end.bias,
+        ):
+            bias.weight.normal_(0, 2.0)
+    return model
+
+
+def encoder_attention_bias(model, source_positions: torch.Tensor) -> torch.Tensor:
+    position_ids = torch.arange(3)[None]
+    return model.model.decoder.position_bias(position_ids, 3, source_positions)[1]
+
+
+def test_encoder_decoder_bias_is_unchanged_up_to_the_reference_length_and_grows_as_log_squared_past_it():
+    plain, scaled = relative_model(None), relative_model(6)
+    short, long = torch.arange(6)[None], torch.arange(12)[None]
+    # Sources of up to 6 tokens: exactly the bias of a model without scaling, in every row.
+    assert torch.equal(encoder_attention_bias(scaled, short), encoder_attention_bias(plain, short))
+    # 12 tokens: (log 12 / log 6)^2 times the unscaled bias.
+    factor = (torch.log(torch.tensor(12.0)) / torch.log(torch.tensor(6.0))) ** 2
+    torch.testing.assert_close(encoder_attention_bias(scaled, long), encoder_attention_bias(plain, long) * factor)
+
+
+def test_encoder_decoder_bias_is_scaled_by_each_rows_own_source_length():
+    plain, scaled = relative_model(None), relative_model(4)
+    # Row 0 has 8 real tokens, row 1 three (then padding, which token_positions counts as position 0).
+    attention_mask = torch.tensor([[1] * 8, [1, 1, 1] + [0] * 5])
+    source_positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    got, unscaled = encoder_attention_bias(scaled, source_positions), encoder_attention_bias(plain, source_positions)
+    factor = (torch.log(torch.tensor(8.0)) / torch.log(torch.tensor(4.0))) ** 2
+    torch.testing.assert_close(got[0], unscaled[0] * factor)
+    assert torch.equal(got[1], unscaled[1])
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_length_scaled_bias_keeps_cached_generation_equal_to_a_full_forward(implementation):
+    model = relative_model(4, seed=1)
+    model.set_attn_implementation(implementation)
+    input_ids = torch.randint(5, 40, (2, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0  # a padded row: its own, shorter source length
+    generated = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False, min_new_tokens=6
+    )
+    full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=generated[:, :-1]).logits
+    assert torch.equal(full.argmax(-1), generated[:, 1:])
