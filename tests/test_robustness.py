@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer.configuration_tiny_transformer import SIZE_FIELDS
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ACTIVATIONS = ("relu", "gelu", "silu", "gelu_new", "tanh", "quick_gelu")
@@ -130,15 +131,7 @@ NOT_A_BOOL = st.one_of(st.integers(), st.floats(), JSON_JUNK)
 BAD_VALUES = {
     **{
         name: NOT_A_POSITIVE_INT
-        for name in (
-            "vocab_size",
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "num_attention_heads",
-            "ffn_dim",
-            "max_position_embeddings",
-        )
+        for name in SIZE_FIELDS[:7]  # the model's sizes (the relative buckets' have their own tests)
     },
     "dropout": NOT_A_PROBABILITY,
     "attention_dropout": NOT_A_PROBABILITY,

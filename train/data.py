@@ -192,6 +192,23 @@ def generate_examples(
         ) from None
 
 
+def cached_split(
+    generator: Callable[..., Iterator[dict[str, str]]], gen_kwargs: dict, name: str, cache_dir: str | None
+) -> Dataset:
+    """The `source`/`target` texts of `generator(**gen_kwargs)` as split `name`, written once to the datasets cache
+    (`HF_DATASETS_CACHE`, or `cache_dir`): the fingerprint is computed from the arguments and `CORPUS_VERSION`, so the
+    same call in any process reads the cached Arrow files instead of generating again."""
+    description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
+    return Dataset.from_generator(
+        generator,
+        features=Features({"source": Value("string"), "target": Value("string")}),
+        gen_kwargs=gen_kwargs,
+        split=name,
+        cache_dir=cache_dir,
+        fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
+    )
+
+
 def build_corpus(
     task: str,
     seed: int,
@@ -233,7 +250,6 @@ def build_corpus(
         splits["longer_test"] = ("test", longer_test_size, max_length + 1, longer_max_length)
     if not 0 <= repeated_values_share <= 1:
         raise ValueError(f"repeated_values_share must be a share in [0, 1]; got {repeated_values_share}")
-    features = Features({"source": Value("string"), "target": Value("string")})
     corpus = {}
     for name, (split, size, shortest, longest) in splits.items():
         gen_kwargs = {
@@ -245,15 +261,7 @@ def build_corpus(
             "seed": seed,
             "repeated_values_share": repeated_values_share if name in ("train", "validation") else 0.0,
         }
-        description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
-        corpus[name] = Dataset.from_generator(
-            generate_examples,
-            features=features,
-            gen_kwargs=gen_kwargs,
-            split=name,
-            cache_dir=cache_dir,
-            fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
-        )
+        corpus[name] = cached_split(generate_examples, gen_kwargs, name, cache_dir)
     return DatasetDict(corpus)
 
 

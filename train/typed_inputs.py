@@ -17,14 +17,12 @@ Like the test split, a family keeps only sources that data.py's hash assigns to 
 training or validation data, whatever the seed and the share of draws with repeats there.
 """
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import DatasetDict
 
-from hf_tiny_transformer_train.data import CORPUS_VERSION, NUM_VALUES, draw_split, task_target
+from hf_tiny_transformer_train.data import NUM_VALUES, cached_split, draw_split, task_target
 
 # The tasks whose sources are sequences of integers (add's are two numbers written digit by digit).
 SEQUENCE_TASKS = ("copy", "reverse", "sort")
@@ -124,7 +122,6 @@ def build_typed_inputs(
         raise ValueError(f"typed-input families exist for {', '.join(SEQUENCE_TASKS)}; got task {task!r}")
     if num_examples < 1:
         raise ValueError(f"num_examples must be at least 1; got {num_examples}")
-    features = Features({"source": Value("string"), "target": Value("string")})
     families = {}
     for family in FAMILIES:
         if family_lengths(family, min_length, max_length) is None:
@@ -137,13 +134,5 @@ def build_typed_inputs(
             "max_length": max_length,
             "seed": seed,
         }
-        description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
-        families[family] = Dataset.from_generator(
-            generate_family,
-            features=features,
-            gen_kwargs=gen_kwargs,
-            split=family,
-            cache_dir=cache_dir,
-            fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
-        )
+        families[family] = cached_split(generate_family, gen_kwargs, family, cache_dir)
     return DatasetDict(families)
