@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
+from transformers import AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import generate_examples
@@ -281,16 +282,20 @@ def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained)
     assert 0.0 <= results["longer_test_exact_match"] <= 1.0
 
 
-@pytest.mark.slow
-def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path, environment):
-    output_dir = tmp_path / "fine-tuned"
+def fine_tuning_flags() -> list[str]:
+    """TINY without its size flags: they belong to a new model, and a checkpoint brings its own."""
     flags = list(TINY)
-    # Size flags belong to a new model; the checkpoint brings its own.
     for name in ("--d_model", "--encoder_layers", "--decoder_layers", "--num_attention_heads", "--ffn_dim"):
         index = flags.index(name)
         del flags[index : index + 2]
+    return flags
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path, environment):
+    output_dir = tmp_path / "fine-tuned"
     run_training(
-        tmp_path, environment(tmp_path), *flags, "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
+        tmp_path, environment(tmp_path), *fine_tuning_flags(), "--model_name_or_path", str(trained), "--output_dir", str(output_dir),
         "--max_steps", "20", "--eval_steps", "20", "--eval_on_start", "true", "--learning_rate", "1e-4",
     )  # fmt: skip
     start = next(entry for entry in log_history(output_dir) if "eval_exact_match" in entry)
@@ -406,3 +411,53 @@ def test_push_to_hub_uploads_the_finished_folder_once(monkeypatch, tmp_path):
     ):
         assert name in uploaded  # fmt: skip
     assert 'from_pretrained("someone/tiny-copy", trust_remote_code=True)' in card
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_saves_an_adapter_that_peft_loads_and_a_merged_model_that_agrees(
+    trained, tmp_path, environment
+):
+    from peft import AutoPeftModelForSeq2SeqLM, PeftModel
+
+    output_dir = tmp_path / "reverse-lora"
+    output = run_training(
+        tmp_path, environment(tmp_path), *fine_tuning_flags(), "--task", "reverse", "--model_name_or_path", str(trained),
+        "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--merge_adapter", "--max_steps", "30",
+        "--eval_steps", "30", "--save_steps", "30", "--learning_rate", "5e-3", "--output_dir", str(output_dir),
+    )  # fmt: skip
+    assert "LoRA adapters:" in output and "trainable parameters" in output
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in output_dir.iterdir()}
+    assert not (output_dir / "model.safetensors").exists()  # the adapter only; the base stays where it was
+    original = AutoModelForSeq2SeqLM.from_pretrained(trained).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(trained), output_dir).eval()
+    auto = AutoPeftModelForSeq2SeqLM.from_pretrained(output_dir, trust_remote_code=True).eval()
+    merged = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "merged").eval()
+    ids = torch.tensor([[10, 11, 12, 2], [13, 14, 2, 0]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).long(),
+        "decoder_input_ids": torch.tensor([[1, 10, 11]] * 2),
+    }
+    with torch.no_grad():
+        reference = adapted(**inputs).logits
+        torch.testing.assert_close(auto(**inputs).logits, reference)
+        torch.testing.assert_close(merged(**inputs).logits, reference, atol=1e-4, rtol=1e-4)
+        # The adapter changed what the model computes: trained, not a zero update.
+        assert not torch.allclose(original(**inputs).logits, reference)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--use_peft"], "--use_peft adapts a trained model: pass --model_name_or_path"),
+        (["--merge_adapter"], "--merge_adapter merges a LoRA adapter: it needs --use_peft"),
+        (["--use_peft", "--model_name_or_path", "m", "--lora_r", "0"], "--lora_r must be at least 1"),
+        (["--use_peft", "--model_name_or_path", "m", "--lora_dropout", "1"], "--lora_dropout must be a probability"),
+        (["--use_peft", "--model_name_or_path", "m", "--lora_alpha", "0"], "--lora_alpha must be positive"),
+    ],
+)
+def test_adapter_flags_that_cannot_work_are_refused_before_any_work(flags, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.parse_arguments(["--task", "copy", *flags])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err

@@ -10,6 +10,7 @@ transformers' example scripts: ModelArguments, DataArguments (which hold those g
 """
 
 import argparse
+import importlib.util
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -78,7 +79,38 @@ class NewTokenizerArguments:
 
 
 @dataclass
-class ModelArguments(NewModelArguments, NewTokenizerArguments):
+class AdapterArguments:
+    """LoRA adapters (PEFT, Hu et al. 2021) trained on a checkpoint's frozen weights instead of every weight."""
+
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune --model_name_or_path with LoRA adapters (needs the `peft` extra): the output folder "
+            "holds the adapter (adapter_config.json, adapter_model.safetensors), which PeftModel.from_pretrained and "
+            "AutoPeftModelForSeq2SeqLM load on top of the checkpoint."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "Rank of each LoRA update, at least 1."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling: updates are multiplied by alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input, in [0, 1)."})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={
+            "help": "The layers that get adapters: all-linear (every projection, not the output layer), or "
+            "comma-separated module names such as qkv_proj,out_proj."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "With --use_peft, also write the model with the adapter merged into its weights to "
+            "<output_dir>/merged (a plain checkpoint, loadable without peft)."
+        },
+    )
+
+
+@dataclass
+class ModelArguments(NewModelArguments, NewTokenizerArguments, AdapterArguments):
     """Which model to train: a new TinyTransformer, or an existing checkpoint to fine-tune; and its precision."""
 
     model_name_or_path: str | None = field(
@@ -426,6 +458,7 @@ def check_arguments(
     model_args: ModelArguments, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
 ) -> None:
     """Raise ValueError, naming the flag and its allowed range, for values that cannot work."""
+    check_adapter_arguments(model_args)
     # Trainer flags it accepts but that would fail only after the corpus is built (or silently never act).
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
@@ -586,6 +619,25 @@ def check_user_data_arguments(
         value = getattr(data_args, name)
         if value is not None and max_positions is not None and value > max_positions:
             raise ValueError(f"--{name} {value} is more than the model's max_position_embeddings ({max_positions})")
+
+
+def check_adapter_arguments(model_args: ModelArguments) -> None:
+    if model_args.merge_adapter and not model_args.use_peft:
+        raise ValueError("--merge_adapter merges a LoRA adapter: it needs --use_peft")
+    if not model_args.use_peft:
+        return
+    if model_args.model_name_or_path is None:
+        raise ValueError("--use_peft adapts a trained model: pass --model_name_or_path (a folder or a Hub id)")
+    if isinstance(model_args.lora_r, bool) or model_args.lora_r < 1:
+        raise ValueError(f"--lora_r must be at least 1; got {model_args.lora_r}")
+    if not model_args.lora_alpha > 0:
+        raise ValueError(f"--lora_alpha must be positive; got {model_args.lora_alpha}")
+    if not 0 <= model_args.lora_dropout < 1:
+        raise ValueError(f"--lora_dropout must be a probability in [0, 1); got {model_args.lora_dropout}")
+    if not model_args.lora_target_modules.strip(", "):
+        raise ValueError("--lora_target_modules must name modules (or all-linear); got an empty value")
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("--use_peft needs the peft package: pip install 'hf-tiny-transformer[peft]'")
 
 
 def require_values(arguments, names: list[str]) -> None:

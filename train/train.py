@@ -209,6 +209,29 @@ def load_model(
     return model, tokenizer
 
 
+def add_lora_adapters(model: PreTrainedModel, model_args: ModelArguments) -> PreTrainedModel:
+    """`model` with LoRA adapters on the layers --lora_target_modules names, its own weights frozen: the PeftModel the
+    Trainer trains and saves as an adapter. The adapters are injected into `model` itself, which then computes with
+    them (the figures, the card's examples)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = model_args.lora_target_modules
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name],
+    )
+    try:
+        adapted = get_peft_model(model, lora)
+    except ValueError as error:
+        exit_with_error(f"--lora_target_modules {targets}: {error}".splitlines()[0])
+    trainable, total = adapted.get_nb_trainable_parameters()
+    logger.info("LoRA adapters: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return adapted
+
+
 def longer_test_max_length(task: str, max_length: int, max_positions: int | None) -> int | None:
     """The longest sources of the longer test: twice the training's, or as long as the model's positions allow
     (None where they allow nothing longer than training)."""
@@ -383,7 +406,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     if data_args.target_exact_match:
         callbacks.append(StopAtExactMatchCallback(data_args.target_exact_match))
     trainer = Seq2SeqTrainer(
-        model=model,
+        model=add_lora_adapters(model, model_args) if model_args.use_peft else model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=tokenized["validation"] if training_args.do_eval else None,
@@ -443,6 +466,11 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
             )
             write_model_card(output_dir / "README.md", model, tokenizer, model_args, data_args, training_args, run)
             logger.info("Wrote the model, tokenizer, model card and figures to %s", output_dir)
+            if model_args.merge_adapter:
+                merged = trainer.model.merge_and_unload()
+                merged.save_pretrained(output_dir / "merged")
+                tokenizer.save_pretrained(output_dir / "merged")
+                logger.info("Wrote the model with the adapter merged into its weights to %s", output_dir / "merged")
             if hub_repo_id is not None:
                 push_folder(training_args, hub_repo_id)
     # A multi-process run's processes wait for each other (the first writes the card), then end their group: left to
