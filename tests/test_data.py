@@ -241,3 +241,10 @@ def test_curriculum_steps_below_one_are_a_share_of_the_run_and_counts_otherwise(
     assert data.curriculum_step_count(0.1, 3000) == 300
     assert data.curriculum_step_count(250, 3000) == 250
     assert data.curriculum_step_count(0, 3000) == 0
+
+
+def test_a_longer_test_and_another_corpus_test_split_of_the_same_sources_share_one_cache(cache_dir):
+    # The longer test draws the test split's sources of 9-16; a corpus of 9-16 draws the same as its own test split.
+    longer = build_corpus("copy", **{**SMALL, "longer_test_size": 60, "longer_max_length": 16}, cache_dir=cache_dir)
+    other = build_corpus("copy", **{**SMALL, "min_length": 9, "max_length": 16}, cache_dir=cache_dir)
+    assert other["test"].to_list() == longer["longer_test"].to_list()

@@ -24,7 +24,9 @@ source never appears in train, whatever the seed or the split sizes. Validation 
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow.compute
 from datasets import Dataset, DatasetDict, Features, Value
@@ -199,12 +201,15 @@ def cached_split(
     (`HF_DATASETS_CACHE`, or `cache_dir`): the fingerprint is computed from the arguments and `CORPUS_VERSION`, so the
     same call in any process reads the cached Arrow files instead of generating again."""
     description = json.dumps({**gen_kwargs, "version": CORPUS_VERSION}, sort_keys=True)
+    # A folder per split name: the datasets library keys its cache by the generator's arguments alone, so a longer
+    # test (the test split's sources of 51-100) and another corpus's test split of 51-100 would find each other's
+    # files and refuse the other split name.
     return Dataset.from_generator(
         generator,
         features=Features({"source": Value("string"), "target": Value("string")}),
         gen_kwargs=gen_kwargs,
         split=name,
-        cache_dir=cache_dir,
+        cache_dir=str(Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tiny_transformer" / name),
         fingerprint=hashlib.sha256(description.encode()).hexdigest()[:16],
     )
 
