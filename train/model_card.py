@@ -125,14 +125,15 @@ def cross_attention_figure(
     return figure, tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (Linux's /proc/cpuinfo; platform.processor() elsewhere), so that a
-    card's times say which machine they come from."""
+def cpu_name() -> str:
+    """ "<model> CPU", the model as the OS reports it (Linux's /proc/cpuinfo; platform.processor() elsewhere), so that
+    a card's times say which machine they come from; "CPU" where the OS names none."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor()
+        model = platform.processor()
+    return f"{model} CPU".strip()
 
 
 def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
@@ -140,7 +141,7 @@ def describe_hardware(training_args: Seq2SeqTrainingArguments) -> str:
         device = torch.cuda.get_device_name(training_args.device)
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        device = f"{cpu_model()} CPU with {cores} cores".lstrip()
+        device = f"{cpu_name()} with {cores} cores"
     processes = f"{training_args.world_size} processes" if training_args.world_size > 1 else "1 process"
     if training_args.bf16 or training_args.fp16:
         precision = f"{'bf16' if training_args.bf16 else 'fp16'} mixed precision (autocast; the weights stay float32)"
