@@ -284,16 +284,16 @@ def typed_input_metrics(trainer: Seq2SeqTrainer, tokenized: datasets.DatasetDict
     return metrics
 
 
-def run_split(trainer: Seq2SeqTrainer, split: str, dataset: datasets.DatasetDict, **generation) -> dict[str, float]:
-    """Evaluate ("eval") or test (any other name) on `dataset[split]` (`dataset["validation"]` for "eval"), and on the
+def run_split(trainer: Seq2SeqTrainer, split: str, tokenized: datasets.DatasetDict, **generation) -> dict[str, float]:
+    """Evaluate ("eval") or test (any other name) on `tokenized[split]` (`tokenized["validation"]` for "eval"), and on the
     typed-input families of that test; log and save the metrics under `split`."""
     if split == "eval":
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(dataset["validation"])
+        metrics["eval_samples"] = len(tokenized["validation"])
     else:
-        metrics = trainer.predict(dataset[split], metric_key_prefix=split, **generation).metrics
-        metrics[f"{split}_samples"] = len(dataset[split])
-        metrics.update(typed_input_metrics(trainer, dataset, f"{split}_family_", **generation))
+        metrics = trainer.predict(tokenized[split], metric_key_prefix=split, **generation).metrics
+        metrics[f"{split}_samples"] = len(tokenized[split])
+        metrics.update(typed_input_metrics(trainer, tokenized, f"{split}_family_", **generation))
     trainer.log_metrics(split, metrics)
     trainer.save_metrics(split, metrics)
     return metrics
