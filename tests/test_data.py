@@ -13,9 +13,11 @@ from hf_tiny_transformer_train.data import (
     SPLITS,
     TASKS,
     build_corpus,
+    column_operands,
     generate_examples,
     make_example,
     split_of,
+    sum_columns,
     task_target,
 )
 
@@ -77,39 +79,44 @@ def test_sequence_tasks_are_correct_and_within_the_length_range(task, cache_dir)
     assert lengths == {3, 4, 5, 6}
 
 
-def test_add_targets_are_the_sum_of_the_operands(cache_dir):
+def test_add_sources_are_the_columns_of_the_sum_and_targets_its_digits(cache_dir):
     corpus = build_corpus("add", **{**SMALL, "min_length": 1, "max_length": 12}, cache_dir=cache_dir)
-    digit_counts = set()
+    column_counts = set()
     for example in corpus["train"]:
-        left, right = (words(operand) for operand in example["source"].split(" + "))
-        target = words(example["target"])
-        assert all(0 <= digit <= 9 for digit in left + right + target)
-        # Operands written with leading zeros to 12 digits, the sum to 13 digits, least significant first.
-        assert (len(left), len(right), len(target)) == (12, 12, 13)
-        left, right = (int("".join(map(str, digits))) for digits in (left, right))
-        assert int("".join(map(str, target[::-1]))) == left + right
-        digit_counts.update({len(str(left)), len(str(right))})
-    # Every number of digits in the requested range occurs.
-    assert digit_counts == set(range(1, 13))
+        columns, target = words(example["source"]), words(example["target"])
+        assert all(0 <= column <= 99 for column in columns) and all(0 <= digit <= 9 for digit in target)
+        # One column per digit of the longer operand, least significant first; the sum has one digit more.
+        assert len(target) == len(columns) + 1
+        first = int("".join(str(column // 10) for column in columns[::-1]))
+        second = int("".join(str(column % 10) for column in columns[::-1]))
+        assert max(len(str(first)), len(str(second))) == len(columns)
+        assert int("".join(map(str, target[::-1]))) == first + second
+        column_counts.add(len(columns))
+    assert column_counts == set(range(1, 13))
 
 
-def test_examples_are_typed_as_a_person_would():
+def test_sum_columns_and_column_operands_invert_each_other():
+    assert sum_columns(407, 95) == "75 9 40"
+    assert sum_columns(0, 0) == "0"
+    assert column_operands("75 9 40") == (407, 95)
     rng = np.random.default_rng(0)
-    for task in TASKS:
-        example = make_example(task, rng, 2, 4)
-        for text in example.values():
-            assert text == text.strip()
-            assert "  " not in text
+    for _ in range(200):
+        # Up to 24 digits: longer than an int64, as Python's ints allow.
+        first, second = (int("".join(map(str, rng.integers(0, 10, rng.integers(1, 25))))) for _ in range(2))
+        assert column_operands(sum_columns(first, second)) == (first, second)
+    with pytest.raises(ValueError, match="adds numbers of 0 and above"):
+        sum_columns(-1, 3)
 
 
 # sha256 of the examples' JSON lines, train then test, 300 each, lengths 1-12, seed 0. Uniform draws (no share drawn
-# with repeats) are still the corpus of CORPUS_VERSION 3; version 5 added the share drawn with repeats (data.draw_values).
+# with repeats) are still the corpus of CORPUS_VERSION 3; version 5 added the share drawn with repeats (data.draw_values),
+# version 6 wrote add's sources as the sum's columns.
 # A change to the drawing or to the targets changes them; bump CORPUS_VERSION then, so older caches are not reused.
 CORPUS_DIGESTS = {
     ("copy", 0.0): "ee0dea1c716d3280",
     ("reverse", 0.0): "d7b42e93339e6600",
     ("sort", 0.0): "07e81f44fd23daa1",
-    ("add", 0.0): "ac6aac3c24208106",
+    ("add", 0.0): "c7dc42f5857dc908",
     ("copy", 0.5): "6dd741e1b0483aa2",
     ("reverse", 0.5): "be16441f2968e27d",
     ("sort", 0.5): "ae9d684fe9ba8e8b",
@@ -118,7 +125,7 @@ CORPUS_DIGESTS = {
 
 @pytest.mark.parametrize("task, repeated_values_share", CORPUS_DIGESTS)
 def test_corpus_is_byte_for_byte_that_of_its_corpus_version(task, repeated_values_share):
-    assert data.CORPUS_VERSION == 5
+    assert data.CORPUS_VERSION == 6
     digest = hashlib.sha256()
     for split in ("train", "test"):
         for example in generate_examples(task, split, 300, 1, 12, seed=0, repeated_values_share=repeated_values_share):
@@ -133,9 +140,10 @@ def test_corpus_is_byte_for_byte_that_of_its_corpus_version(task, repeated_value
         ("reverse", "42 7 42 13", "13 42 7 42"),
         ("sort", "42 7 42 13", "7 13 42 42"),
         ("sort", "9 10 100", "9 10 100"),  # as integers, not as text
-        ("add", "0 4 0 7 + 0 0 9 5", "2 0 5 0 0"),
-        ("add", "4 0 7 + 9 5", "2 0 5 0"),  # operands of different lengths: one digit more than the longer
-        ("add", "9 + 9", "8 1"),
+        ("add", "75 9 40", "2 0 5 0"),  # 407 + 95 = 502: the columns 7|5, 0|9, 4|0, least significant first
+        ("add", "0 75 9 40", "0 2 0 5 0"),  # 4070 + 950: one digit more than the columns
+        ("add", "99", "8 1"),  # 9 + 9
+        ("add", "91 90 90 90", "0 0 0 0 1"),  # 9999 + 1: the carry runs through every column
     ],
 )
 def test_task_target_is_the_right_answer(task, source, target):
@@ -156,10 +164,10 @@ def test_task_target_is_the_target_of_every_example_drawn():
         ("divide", "1 2", "task must be one of"),
         ("reverse", "1 two 3", "integers separated by spaces"),
         ("sort", "1 -2", "integers separated by spaces"),
-        ("add", "1 2 3", "around one '\\+'"),
-        ("add", "1 + 2 + 3", "around one '\\+'"),
-        ("add", "+ 3", "around one '\\+'"),
-        ("add", "12 + 3", "one digit a word"),
+        ("add", "4 0 7 + 9 5", "the sum's columns"),
+        ("add", "75 100", "the sum's columns"),
+        ("add", "", "the sum's columns"),
+        ("add", "7 -5", "the sum's columns"),
     ],
 )
 def test_task_target_refuses_a_source_the_task_cannot_answer(task, source, message):

@@ -48,7 +48,7 @@ def test_response_is_the_models_greedy_answer_beside_the_right_answer(model_fold
     demo = Demo(str(model_folder), task=task)
     text = {"reverse": "5 3 9 3", "sort": "42, 7, 42, 13", "add": "7 + 95"}[task]
     response = demo.respond(text)
-    source = {"reverse": "5 3 9 3", "sort": "42 7 42 13", "add": "0 7 + 9 5"}[task]
+    source = {"reverse": "5 3 9 3", "sort": "42 7 42 13", "add": "75 9"}[task]
     assert response.source == source
     assert response.right_answer == task_target(task, source)
     # Room for twice the right answer and </s>.
@@ -86,10 +86,11 @@ def test_input_the_model_cannot_read_gets_a_message_instead_of_an_answer(model_f
 @pytest.mark.parametrize(
     "text, source",
     [
-        ("407 + 95", "0 4 0 7 + 0 0 9 5"),
-        ("4 0 7+9 5", "0 4 0 7 + 0 0 9 5"),  # digit by digit, `+` without spaces
-        ("0 0 0 4 0 7 + 95", "0 4 0 7 + 0 0 9 5"),  # leading zeros dropped, then written to the training's width
-        ("123456 + 1", "1 2 3 4 5 6 + 0 0 0 0 0 1"),  # longer than training: to the longer operand's width
+        ("407 + 95", "75 9 40"),  # the sum's columns 7|5, 0|9, 4|0, least significant first
+        ("4 0 7+9 5", "75 9 40"),  # digit by digit, `+` without spaces
+        ("0 0 0 4 0 7 + 95", "75 9 40"),  # leading zeros dropped
+        ("95 + 407", "57 90 4"),  # the first number's digit is the column's tens
+        ("123456 + 1", "61 50 40 30 20 10"),  # longer than training: as many columns as the longer number has digits
     ],
 )
 def test_sums_are_written_as_the_corpus_writes_them(text, source):
@@ -105,7 +106,7 @@ def test_sums_are_written_as_the_corpus_writes_them(text, source):
         ("1 + 2 + 3", "Type two numbers with a '\\+' between them"),
         ("four + 2", "'four' is not a number"),
         ("-4 + 2", "-4 is negative"),
-        ("1" * 20 + " + 1", "20-digit numbers are too long for this model: it reads at most 15 digits per number"),
+        ("1" * 32 + " + 1", "32-digit numbers are too long for this model: it reads at most 31 digits per number"),
     ],
 )
 def test_sums_the_model_cannot_read_raise_a_message(text, message):
@@ -116,10 +117,10 @@ def test_sums_the_model_cannot_read_raise_a_message(text, message):
 def test_notes_say_how_the_model_reads_the_input_and_when_it_is_longer_than_training(model_folder):
     demo = Demo(str(model_folder), task="add")
     demo.task = TrainedTask("add", 2)
-    assert demo.notes("4 0 + 5", "4 0 + 0 5", "5 4 0") == (
-        "The model reads `4 0 + 0 5`. Sums come least significant digit first: `5 4 0` is 45 = 40 + 5."
+    assert demo.notes("40 + 5", "5 40", "5 4 0") == (
+        "The model reads `5 40`. Sums come least significant digit first: `5 4 0` is 45 = 40 + 5."
     )
-    assert demo.notes("407 + 95", "4 0 7 + 0 9 5", "2 0 5 0").endswith(
+    assert demo.notes("407 + 95", "75 9 40", "2 0 5 0").endswith(
         "This input is longer than any in training (at most 2 digits per operand): the model may fail on it."
     )
     demo.task = TrainedTask("copy", 3)

@@ -8,14 +8,18 @@ texts, `source` and `target`, written as a person types them: words separated by
 | `copy`    | `42 7 42 13`           | `42 7 42 13`  |
 | `reverse` | `42 7 42 13`           | `13 42 7 42`  |
 | `sort`    | `42 7 42 13`           | `7 13 42 42`  |
-| `add`     | `0 4 0 7 + 0 0 9 5`    | `2 0 5 0 0`   |
+| `add`     | `75 9 40`              | `2 0 5 0`     |
 
-For `add` the words are decimal digits, so the same vocabulary serves every task and any checkpoint can be
-fine-tuned on any other task. The operands (1 to `max_length` digits) are written with leading zeros to
-`max_length` digits, and the sum with `max_length` + 1 digits, least significant first (407 + 95 = 502 above, with
-`max_length` 4): every digit of the answer then sits at a fixed distance from the two digits it adds, and is produced
-after the carry it depends on. Written most significant digit first, the first output digit depends on every carry,
-and 5-digit sums stayed at 4% exact match after 1,000 steps.
+An `add` source is the written sum's columns, least significant first: each word is the column's two digits read as
+one integer 0-99, ten times the first operand's digit plus the second's (407 + 95: columns 7|5, 0|9, 4|0 give
+`75 9 40`; the shorter operand has zeros where it has no digits). The target is the sum's digits, least significant
+first, one more than the columns (`2 0 5 0` is 502). So the same vocabulary serves every task and any checkpoint can
+be fine-tuned on any other task, and the i-th digit of the answer reads the i-th word of the source, the carry from
+the word and the digit before: at the same relative position for every length, as copy reads its source. Trained on
+1-10 digits this way, the relative positions reach 11-20 digit sums (bench/README.md, "Past the training length").
+The two earlier layouts could not: operands digit by digit around `+`, most significant digit first, padded to 10
+digits (the answer digit i reads digits 11 words apart, a fixed layout with no longer sums), and before that the
+answer most significant digit first (its first digit depends on every carry: 5-digit sums at 4% after 1,000 steps).
 
 Which split an example belongs to is decided by a hash of its source text, not by the random draw, so a test
 source never appears in train, whatever the seed or the split sizes. Validation and test never repeat a source.
@@ -39,12 +43,11 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
-PLUS = "+"
-DIGITS = tuple("0123456789")  # the words of an `add` operand
+PLUS = "+"  # no corpus writes it since add's sources are columns (CORPUS_VERSION 6); kept so that every id stays
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
-CORPUS_VERSION = 5
+CORPUS_VERSION = 6
 # A source's hash, taken modulo 100, lands in one of these ranges: 5% of all possible sources are reserved for
 # test, 5% for validation, the rest for train.
 SPLIT_BUCKETS = {"test": range(5), "validation": range(5, 10), "train": range(10, 100)}
@@ -65,13 +68,38 @@ def target_length(task: str, max_length: int) -> int:
 
 
 def source_length(task: str, max_length: int) -> int:
-    """Most words a source of `task` can have: for `add`, two operands and the `+`."""
-    return 2 * max_length + 1 if task == "add" else max_length
+    """Most words a source of `task` can have: for `add`, one per column of `max_length`-digit operands."""
+    return max_length
 
 
-def spaced_digits(number: int, width: int) -> str:
-    """`number` as `width` space-separated decimal digits, with leading zeros."""
-    return " ".join(str(number).zfill(width))
+def sum_columns(first: int, second: int) -> str:
+    """The `add` source of `first` + `second`: one word per column of the written sum, least significant first, each
+    the column's digits read as one integer (ten times `first`'s digit plus `second`'s). 407 + 95 -> `75 9 40`."""
+    if first < 0 or second < 0:
+        raise ValueError(f"the add task adds numbers of 0 and above; got {first} and {second}")
+    width = max(len(str(first)), len(str(second)))
+    first_digits, second_digits = str(first).zfill(width)[::-1], str(second).zfill(width)[::-1]
+    return " ".join(str(10 * int(a) + int(b)) for a, b in zip(first_digits, second_digits))
+
+
+def column_operands(source: str) -> tuple[int, int]:
+    """The two numbers an `add` source (`sum_columns`) adds. Raises ValueError naming `source` where a word is not a
+    column (an integer 0-99)."""
+    words = source.split()
+    if not words or not all(word.isascii() and word.isdigit() and int(word) < NUM_VALUES for word in words):
+        raise ValueError(
+            "an add source is the sum's columns, least significant first, each its two digits as one integer 0-"
+            f"{NUM_VALUES - 1} (407 + 95 is '75 9 40'); got {source!r}"
+        )
+    columns = [int(word) for word in words]
+    first = sum(column // 10 * 10**place for place, column in enumerate(columns))
+    second = sum(column % 10 * 10**place for place, column in enumerate(columns))
+    return first, second
+
+
+def sum_digits(first: int, second: int, width: int) -> str:
+    """The `add` target: the digits of `first` + `second`, least significant first, `width` + 1 of them."""
+    return " ".join(str(first + second).zfill(width + 1)[::-1])
 
 
 def draw_values(rng: np.random.Generator, length: int, repeated_values_share: float = 0.0) -> list[int]:
@@ -109,7 +137,7 @@ def make_example(
             # A number of exactly `num_digits` digits (0 for one digit too); Python ints, so any digit count works.
             digits = [int(rng.integers(1 if num_digits > 1 else 0, 10))] + rng.integers(0, 10, num_digits - 1).tolist()
             operands.append(int("".join(map(str, digits))))
-        source = f"{spaced_digits(operands[0], max_length)} {PLUS} {spaced_digits(operands[1], max_length)}"
+        source = sum_columns(*operands)
         return {"source": source, "target": task_target(task, source)}
     values = draw_values(rng, int(rng.integers(min_length, max_length + 1)), repeated_values_share)
     source = " ".join(map(str, values))
@@ -119,21 +147,14 @@ def make_example(
 def task_target(task: str, source: str) -> str:
     """The right answer of `task` to `source`, both written as the corpus writes them (words separated by spaces).
 
-    For `add`, `source` holds two operands digit by digit around `+` (`0 4 0 7 + 0 0 9 5`); the sum gets one digit
-    more than the longer operand and comes least significant first (`2 0 5 0 0`).
+    For `add`, `source` is the sum's columns (`sum_columns`: `75 9 40` for 407 + 95); the sum gets one digit more
+    than the columns and comes least significant first (`2 0 5 0`).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     words = source.split()
     if task == "add":
-        plus = words.index(PLUS) if words.count(PLUS) == 1 else 0
-        operands = [words[:plus], words[plus + 1 :]]
-        if not all(operands) or not all(word in DIGITS for word in operands[0] + operands[1]):
-            raise ValueError(
-                f"an add source is two operands written one digit a word around one {PLUS!r}; got {source!r}"
-            )
-        width = max(map(len, operands))
-        return spaced_digits(sum(int("".join(operand)) for operand in operands), width + 1)[::-1]
+        return sum_digits(*column_operands(source), width=len(words))
     if not all(word.isascii() and word.isdigit() for word in words):
         raise ValueError(f"a {task} source holds integers separated by spaces; got {source!r}")
     values = [int(word) for word in words]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_tiny_transformer  # noqa: F401  (registers the installed classes: no code stored with a model runs)
-from hf_tiny_transformer_train.data import NUM_VALUES, PLUS, TASKS, spaced_digits, task_target
+from hf_tiny_transformer_train.data import NUM_VALUES, PLUS, TASKS, column_operands, sum_columns, task_target
 from hf_tiny_transformer_train.model_card import TASK_DESCRIPTIONS, cross_attention_figure
 
 # Inputs the page offers to try: ordinary ones, and the repeats and runs people type first.
@@ -95,8 +95,8 @@ def read_source(task: TrainedTask, text: str, most_words: int) -> str:
 
 
 def read_sum(task: TrainedTask, text: str, most_words: int) -> str:
-    """`text` as two numbers around `+` (each whole, `407`, or digit by digit, `4 0 7`), written with leading zeros to
-    the training's digits per operand (or to the longer operand's digits where it has more), as the corpus does."""
+    """`text` as two numbers around `+` (each whole, `407`, or digit by digit, `4 0 7`), written as the corpus writes an
+    add source: one word per column of the sum, least significant first (`data.sum_columns`: `75 9 40`)."""
     words = text.replace(PLUS, f" {PLUS} ").split()
     if words.count(PLUS) != 1 or words[0] == PLUS or words[-1] == PLUS:
         raise ValueError(f"Type two numbers with a '{PLUS}' between them, e.g. {EXAMPLES['add'][0]}.")
@@ -107,13 +107,12 @@ def read_sum(task: TrainedTask, text: str, most_words: int) -> str:
             raise ValueError(f"{word} is negative: the model adds numbers of 0 and above only.")
     plus = words.index(PLUS)
     operands = [int("".join(words[:plus])), int("".join(words[plus + 1 :]))]
-    width = max(task.max_length or 1, *(len(str(operand)) for operand in operands))
-    if 2 * width + 1 > most_words:
+    width = max(len(str(operand)) for operand in operands)
+    if width > most_words:
         raise ValueError(
-            f"{width}-digit numbers are too long for this model: it reads at most {(most_words - 1) // 2} digits "
-            "per number."
+            f"{width}-digit numbers are too long for this model: it reads at most {most_words} digits per number."
         )
-    return f"{spaced_digits(operands[0], width)} {PLUS} {spaced_digits(operands[1], width)}"
+    return sum_columns(*operands)
 
 
 @dataclass
@@ -188,11 +187,11 @@ class Demo:
         if source != " ".join(text.split()):
             notes.append(f"The model reads `{source}`.")
         if self.task.name == "add":
-            left, right = (int(operand.replace(" ", "")) for operand in source.split(f" {PLUS} "))
+            left, right = column_operands(source)
             notes.append(
                 f"Sums come least significant digit first: `{right_answer}` is {left + right:,} = {left:,} + {right:,}."
             )
-        length = len(source.split(f" {PLUS} ")[0].split())
+        length = len(source.split())  # integers, or for add the sum's columns: the digits of the longer number
         if self.task.max_length is not None and length > self.task.max_length:
             notes.append(
                 f"This input is longer than any in training (at most {self.task.max_length} {self.task.length_unit}): "

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainingArguments, TrainerState
 
 from hf_tiny_transformer_train.arguments import RECIPES, DataArguments, ModelArguments, NewModelArguments, flag_names
-from hf_tiny_transformer_train.data import spaced_digits
+from hf_tiny_transformer_train.data import sum_columns, sum_digits
 from hf_tiny_transformer_train.typed_inputs import FAMILY_DESCRIPTIONS
 from hf_tiny_transformer_train.user_data import UserData
 
@@ -208,10 +208,10 @@ def describe_synthetic_data(
     task, min_length, max_length = data_args.task, data_args.min_length, data_args.max_length
     length_unit = "digits per operand" if task == "add" else "integers per sequence"
     input_format = (
-        f"two numbers written digit by digit with leading zeros to {max_length} digits, separated by spaces, with "
-        f"` + ` between them: `{spaced_digits(407, max_length)} + {spaced_digits(95, max_length)}` means 407 + 95; "
-        f"the answer comes back with {max_length + 1} digits, least significant first: "
-        f"`{spaced_digits(502, max_length + 1)[::-1]}`"
+        "the written sum's columns, least significant first, each column's two digits read as one integer 0-99 "
+        f"(ten times the first number's digit plus the second's): `{sum_columns(407, 95)}` means 407 + 95 (columns "
+        "7|5, 0|9, 4|0; `data.sum_columns` writes them); the answer comes back with one digit more than the "
+        f"columns, least significant first: `{sum_digits(407, 95, 3)}` is 502"
         if task == "add"
         else "integers 0-99 separated by spaces, as a person types them: `42 7 42 13`"
     )
