@@ -4,7 +4,7 @@
     python -m bench.learning commands   # wall time and test exact match of `python train/train.py --task T`, 3 seeds
     python -m bench.learning ablation   # the default task (or --tasks sort) with each part of its recipe undone
     python -m bench.learning bart       # ours and BART, same recipe, size and batches: time to 99% (10-minute budget)
-    python -m bench.learning length     # trained on 1-25, tested on 26-50 and 51-100: each position scheme and BART
+    python -m bench.learning length     # trained on 1-25 (add: 1-10 digits), tested up to 4x: each scheme and BART
 
 `commands` and `ablation` time the whole command a user runs, in a fresh process with a fresh datasets cache (so the
 corpus is built as on a new machine), and read its test exact match from the output folder. `bart` and `length`
@@ -386,7 +386,10 @@ def describe_reached(run: dict) -> str:
     return f"best validation {run['best_validation']:.1%} in {run['train_s']:.0f} s"
 
 
-LENGTH_RANGES = [(26, 50), (51, 100)]
+# Trained on the first range, tested on it and on the longer ones (up to twice and four times its longest): integers
+# per sequence, or for add digits per operand (the sum's columns).
+LENGTH_RANGES = {"copy": [(1, 25), (26, 50), (51, 100)], "reverse": [(1, 25), (26, 50), (51, 100)],
+                 "sort": [(1, 25), (26, 50), (51, 100)], "add": [(1, 10), (11, 20), (21, 40)]}  # fmt: skip
 # --smoke: a model of a few thousand parameters, a few steps and examples; checks that the script runs.
 SMOKE = dict(d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32, train_size=300,
              validation_size=10, max_steps=4, eval_steps=2)  # fmt: skip
@@ -400,19 +403,21 @@ LENGTH_MODELS = {"ours, sinusoidal": ("sinusoidal", False), "ours, learned": ("l
 def benchmark_length(
     tasks: list[str], seed: int, budget_s: float, test_size: int, max_steps: int, families: int, smoke: bool = False
 ) -> tuple[dict, str]:
-    """Trained on 1-25 with each task's recipe (to the validation target, at most `max_steps` steps: a budget in steps,
-    so that the figures do not depend on the machine's speed or load), tested on held-out sources of 1-25, 26-50 and
-    51-100, uniform and of each typed-input family."""
+    """Trained on the task's first length range (LENGTH_RANGES: 1-25, add 1-10 digits) with its recipe (to the
+    validation target, at most `max_steps` steps: a budget in steps, so that the figures do not depend on the machine's
+    speed or load), tested on held-out sources of that range and of the longer ones (26-50 and 51-100; add 11-20 and
+    21-40), uniform and, for the sequence tasks, of each typed-input family."""
     report = {}
     for task in tasks:
+        (_, trained_longest), *longer = LENGTH_RANGES[task]
         overrides = {
-            "max_length": 25,
+            "max_length": trained_longest,
             "max_position_embeddings": 128,
             "max_steps": max_steps,
             **(SMOKE if smoke else {}),
         }
         recipe = Recipe.for_task(task, **overrides)
-        vocab_size, splits = task_splits(recipe, seed, test_size, LENGTH_RANGES, families)
+        vocab_size, splits = task_splits(recipe, seed, test_size, longer, families if task in SEQUENCE_TASKS else 0)
         report[task] = {}
         for label, (scheme, scaled) in LENGTH_MODELS.items():
             name = "bart" if scheme is None else "ours"
@@ -420,22 +425,24 @@ def benchmark_length(
             if scaled:
                 model.config.relative_attention_reference_length = max(input_lengths(splits["train"]))
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
-            scores = {"1-25": exact_match(model, splits["test"], target_length(task, 25) + 1, 250)}
+            trained = f"1-{trained_longest}"
+            scores = {trained: exact_match(model, splits["test"], target_length(task, trained_longest) + 1, 250)}
             for split_name, split in splits.items():
                 if split_name[0].isdigit() or " " in split_name:  # "26-50", "one_value 1-25", ...
                     longest = int(split_name.split("-")[-1])
                     scores[split_name] = exact_match(model, split, target_length(task, longest) + 1, 100)
             report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
             print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
-    ranges = ["1-25", *(f"{shortest}-{longest}" for shortest, longest in LENGTH_RANGES)]
-    rows = [("task, model (trained on 1-25)", "steps trained", "test 1-25", "26-50", "51-100")]
+    rows = [("task, model, lengths trained", "steps trained", "test, lengths trained", "longer, to 2x", "2x to 4x")]
     family_rows = [("task, model, lengths", *FAMILIES)]
     for task, models in report.items():
+        ranges = [f"{shortest}-{longest}" for shortest, longest in LENGTH_RANGES[task]]
+        families_tested = families and task in SEQUENCE_TASKS
         for label, result in models.items():
             steps = result["reached"]["step"] if result["reached"] else "target not reached"
             scores = result["exact_match"]
-            rows.append((f"{task}, {label}", steps, *(f"{scores[key]:.1%}" for key in ranges)))
-            for lengths in ranges if families else ():
+            rows.append((f"{task}, {label}, {ranges[0]}", steps, *(f"{key}: {scores[key]:.1%}" for key in ranges)))
+            for lengths in ranges if families_tested else ():
                 cells = (scores.get(f"{family} {lengths}") for family in FAMILIES)
                 family_rows.append((f"{task}, {label}, {lengths}", *("-" if c is None else f"{c:.1%}" for c in cells)))
     tables = text_table(rows) + (
@@ -448,7 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("section", choices=["commands", "ablation", "bart", "length"])
     parser.add_argument(
-        "--tasks", help="comma-separated built-in tasks (default: all three; ablation: the default task, or sort)"
+        "--tasks",
+        help="comma-separated built-in tasks (default: copy, reverse, sort; length: and add; ablation: the default task)",
     )
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default 42,43,44)")
     parser.add_argument(
@@ -465,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     if args.tasks is None:
-        tasks = [DEFAULT_TASK] if args.section == "ablation" else list(TASKS)
+        tasks = {"ablation": [DEFAULT_TASK], "length": list(LENGTH_RANGES)}.get(args.section, list(TASKS))
     else:
         tasks = args.tasks.split(",")
     if args.section == "ablation":

@@ -275,6 +275,18 @@ def test_training_stops_at_the_first_evaluation_that_reaches_the_target(trained)
     assert f"Stopped at step {state['global_step']}, the first evaluation whose validation exact match" in card
 
 
+def test_evaluations_during_training_score_teacher_forced_and_agree_with_the_generated_evaluation_after_it(trained):
+    history = log_history(trained)
+    during = [entry for entry in history if "eval_exact_match" in entry]
+    # Exact match from a teacher-forced forward (evaluation.py): no generated-token metrics during training.
+    assert during and all("eval_token_accuracy" not in entry for entry in during)
+    # The evaluation after training generates, on the same weights as training's last evaluation (it stopped there):
+    # greedy decoding gets right exactly the examples the teacher-forced forward did.
+    after = json.loads((trained / "eval_results.json").read_text())
+    assert "eval_token_accuracy" in after
+    assert after["eval_exact_match"] == during[-1]["eval_exact_match"]
+
+
 @pytest.mark.slow
 def test_longer_test_measures_held_out_inputs_past_the_training_lengths(trained):
     results = json.loads((trained / "longer_test_results.json").read_text())

@@ -66,6 +66,7 @@ from hf_tiny_transformer_train.data import (
     target_length,
     tokenize_corpus,
 )
+from hf_tiny_transformer_train.evaluation import TeacherForcedEvaluationTrainer, evaluates_teacher_forced
 from hf_tiny_transformer_train.metrics import generation_metrics
 from hf_tiny_transformer_train.model_card import RunRecord, plot_cross_attention, plot_training_curves, write_model_card
 from hf_tiny_transformer_train.openmp import restart_with_wait_policy
@@ -405,24 +406,28 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         callbacks.append(EarlyStoppingCallback(data_args.early_stopping_patience))
     if data_args.target_exact_match:
         callbacks.append(StopAtExactMatchCallback(data_args.target_exact_match))
-    trainer = Seq2SeqTrainer(
+
+    def compute_generation_metrics(prediction):
+        return generation_metrics(
+            prediction.predictions, prediction.label_ids, tokenizer, on_text=user_data is not None
+        )
+
+    trainer_kwargs = dict(
         model=add_lora_adapters(model, model_args) if model_args.use_peft else model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=tokenized["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        compute_metrics=(
-            (
-                lambda prediction: generation_metrics(
-                    prediction.predictions, prediction.label_ids, tokenizer, on_text=user_data is not None
-                )
-            )
-            if training_args.predict_with_generate
-            else None
-        ),
         callbacks=callbacks,
     )
+    if evaluates_teacher_forced(training_args, user_data is not None):
+        trainer = TeacherForcedEvaluationTrainer(
+            **trainer_kwargs, compute_generation_metrics=compute_generation_metrics
+        )
+    else:
+        compute_metrics = compute_generation_metrics if training_args.predict_with_generate else None
+        trainer = Seq2SeqTrainer(**trainer_kwargs, compute_metrics=compute_metrics)
 
     all_metrics = {}
     if training_args.do_train:

@@ -1,0 +1,73 @@
+"""The evaluations during training, scored on one teacher-forced forward instead of `generate`.
+
+Greedy decoding reproduces a target exactly if and only if, fed the target's own prefix (teacher forcing), the model's
+most likely next token is the target's token at every position, </s> included: each greedy step then sees the
+prefix it was fed. So a forward pass on the validation batch, the one that already gives the loss, gives greedy exact
+match too, without a decoding loop of up to 50 steps per batch (about a quarter of a default run's time went into
+those evaluations). The final evaluation and the tests still generate, and report token accuracy and, for a user's
+data, chrF and BLEU on the generated texts.
+"""
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+
+def teacher_forced_exact_match(predicted_ids: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """`exact_match`: the share of rows whose most likely token equals the label at every position the label holds
+    (not -100): the share of examples greedy decoding gets right. Rows of different batches may be padded with -100."""
+    predicted_ids, labels = np.asarray(predicted_ids), np.asarray(labels)
+    if predicted_ids.shape != labels.shape:
+        raise ValueError(f"predicted ids of shape {predicted_ids.shape} for labels of shape {labels.shape}")
+    right = (predicted_ids == labels) | (labels == -100)
+    return {"exact_match": float(right.all(axis=1).mean()) if len(labels) else 0.0}
+
+
+def evaluates_teacher_forced(training_args: Seq2SeqTrainingArguments, on_text: bool) -> bool:
+    """Whether the evaluations during training may be scored teacher-forced: where they would generate only for
+    exact match, not for a user's text metrics (chrF, BLEU) nor for a best-model metric of the generated tokens."""
+    metric = (training_args.metric_for_best_model or "loss").removeprefix("eval_")
+    return training_args.predict_with_generate and not on_text and metric in ("loss", "exact_match")
+
+
+class TeacherForcedEvaluationTrainer(Seq2SeqTrainer):
+    """A `Seq2SeqTrainer` whose evaluations inside `train()` score exact match on a teacher-forced forward
+    (`teacher_forced_exact_match`); every other call (`evaluate()` or `predict()` after training) generates, as
+    `Seq2SeqTrainer` does with `predict_with_generate`, and scores with `compute_generation_metrics`."""
+
+    def __init__(self, *args, compute_generation_metrics, **kwargs):
+        super().__init__(
+            *args,
+            compute_metrics=self.compute_any_metrics,
+            preprocess_logits_for_metrics=self.keep_most_likely_tokens,
+            **kwargs,
+        )
+        self.compute_generation_metrics = compute_generation_metrics
+        self.teacher_forced = False
+
+    def train(self, *args, **kwargs):
+        self.teacher_forced = True
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.teacher_forced = False
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self.teacher_forced:
+            # Trainer's own step: loss and logits of one forward (reduced to token ids by most_likely_tokens).
+            return super(Seq2SeqTrainer, self).prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+    def keep_most_likely_tokens(self, logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+        """Of a teacher-forced forward, only the most likely token per position is kept (not the logits over the
+        vocabulary); generated ids pass unchanged."""
+        if not self.teacher_forced:
+            return logits
+        if isinstance(logits, tuple):  # the model's other outputs (encoder states) come after the logits
+            logits = logits[0]
+        return logits.argmax(dim=-1)
+
+    def compute_any_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        if self.teacher_forced:
+            return teacher_forced_exact_match(prediction.predictions, prediction.label_ids)
+        return self.compute_generation_metrics(prediction)
