@@ -50,6 +50,7 @@ from hf_tiny_transformer_train.data import (
     target_length,
     tokenize_corpus,
 )
+from hf_tiny_transformer_train.evaluation import teacher_forced_exact_match
 from hf_tiny_transformer_train.metrics import sequence_metrics
 from hf_tiny_transformer_train.typed_inputs import FAMILIES, SEQUENCE_TASKS, build_typed_inputs
 
@@ -261,6 +262,23 @@ def exact_match(model, split, max_new_tokens: int, batch_size: int) -> float:
     return sequence_metrics(generations, references, 0, 2)["exact_match"]
 
 
+def teacher_forced_exact_match_of(model, split, batch_size: int) -> float:
+    """Greedy exact match from teacher-forced forwards, as train.py scores its evaluations during training
+    (train/evaluation.py: the same figure as generating, at the cost of one forward per batch)."""
+    inputs, labels = split["input_ids"], split["labels"]
+    order = sorted(range(len(inputs)), key=lambda index: len(inputs[index]))
+    model.eval()
+    right = 0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, targets = pad_batch([inputs[i] for i in rows], 0), pad_batch([labels[i] for i in rows], -100)
+            logits = model(input_ids=input_ids, attention_mask=(input_ids != 0).long(), labels=targets).logits
+            right += teacher_forced_exact_match(logits.argmax(-1).numpy(), targets.numpy())["exact_match"] * len(rows)
+    model.train()
+    return right / len(order)
+
+
 def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s: float, target: float) -> dict:
     """Train each model with the recipe on the same batches until its validation exact match reaches `target`
     (checked every `eval_steps`), `max_steps` pass or its training time exceeds `budget_s`; models alternate every
@@ -271,7 +289,7 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     curriculum_steps = curriculum_step_count(recipe.length_curriculum_steps or 0, recipe.max_steps)
     order = length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
                               curriculum_steps, seed)  # fmt: skip
-    batch_size, longest = recipe.per_device_train_batch_size, target_length(recipe.task, recipe.max_length) + 1
+    batch_size = recipe.per_device_train_batch_size
 
     def batch_at(step: int) -> dict:
         rows = order[step * batch_size : (step + 1) * batch_size]
@@ -305,7 +323,7 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
                 run["optimizer"].zero_grad(set_to_none=True)
             run["train_s"] += time.perf_counter() - begin
             begin = time.perf_counter()
-            score = exact_match(model, splits["validation"], longest, recipe.per_device_eval_batch_size)
+            score = teacher_forced_exact_match_of(model, splits["validation"], recipe.per_device_eval_batch_size)
             run["eval_s"] += time.perf_counter() - begin
             steps = min(start + interval, recipe.max_steps)
             run["curve"].append({"step": steps, "train_s": run["train_s"], "validation_exact_match": score})
@@ -446,7 +464,7 @@ def benchmark_length(
                 cells = (scores.get(f"{family} {lengths}") for family in FAMILIES)
                 family_rows.append((f"{task}, {label}, {lengths}", *("-" if c is None else f"{c:.1%}" for c in cells)))
     tables = text_table(rows) + (
-        f"\n\nTyped inputs (exact match per family):\n{text_table(family_rows)}" if families else ""
+        f"\n\nTyped inputs (exact match per family):\n{text_table(family_rows)}" if len(family_rows) > 1 else ""
     )
     return report, tables
 

@@ -34,6 +34,16 @@ def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisati
     assert "copy, ours, relative, 51-100" in printed.split("Typed inputs")[1]
 
 
+def test_length_benchmark_trains_add_on_1_to_10_digits_and_tests_up_to_40(bench, capsys, tmp_path):
+    output = tmp_path / "length.json"
+    bench("learning").main(["length", "--smoke", "--tasks", "add", "--seeds", "1", "--output", str(output)])
+    printed = capsys.readouterr().out
+    report = json.loads(output.read_text())["length"]["add"]
+    for result in report.values():
+        assert set(result["exact_match"]) == {"1-10", "11-20", "21-40"}  # no typed-input families: two numbers
+    assert "add, ours, relative, 1-10" in printed and "Typed inputs" not in printed
+
+
 def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them(bench, capsys):
     # Every variant's flags must be ones train.py accepts for its task, or the ablation would fail after an hour of
     # runs.
