@@ -147,10 +147,9 @@ def describe_family(figures: list[float | None]) -> str:
 
 
 def ablation_variants(task: str) -> dict[str, list[str]]:
-    """The task's recipe, then each of its changes undone on its own and each rejected alternative tried on its own.
-    Reverse also runs the recipe before this round as a whole (learned positions, batch 64, rate 1e-3, 1,500 steps,
-    evaluations every 250, no curriculum, no longer test); sort's (414 s, 99.8%) is issue 9's measurement, and sort
-    runs its own previous recipe (two and two layers, 1,800 steps, evaluations every 100)."""
+    """The task's recipe, then each of its changes undone on its own. Reverse's earlier rounds' alternatives (batches
+    grouped by length, the recipe before issue 9 as a whole) are measured in bench/README.md; sort runs its own
+    previous recipe (two and two layers, 1,800 steps, evaluations every 100)."""
     if task == "sort":
         return {
             "the recipe (train.py's defaults for sort)": [],
@@ -177,20 +176,21 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
         "learning rate 1e-3 instead of 2e-3": ["--learning_rate", "1e-3"],
         "no stop at the target: 1,500 steps": ["--target_exact_match", "0", "--max_steps", "1500"],
         "evaluation every 250 steps instead of 100": ["--eval_steps", "250", "--save_steps", "250"],
-        "tried: batches grouped by length (the Trainer's group_by_length)": [
-            "--train_sampling_strategy", "group_by_length",
-        ],
-        "before this round: learned, b64, 1e-3, 1,500 steps, no stop, eval 250": [
-            "--position_embedding_type", "learned", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
-            "--max_steps", "1500", "--target_exact_match", "0", "--eval_steps", "250", "--save_steps", "250",
-            "--length_curriculum_steps", "0", "--longer_test_size", "0",
+        "no draws with repeats: uniform training sequences only": ["--repeated_values_share", "0"],
+        "no typed-input tests (6 families x 200, at 1-50 and 51-100)": ["--typed_inputs_size", "0"],
+        "evaluations during training generated instead of teacher-forced": [
+            "--metric_for_best_model", "eval_token_accuracy",  # a metric of generated tokens: evaluation.py generates
         ],
     }  # fmt: skip
 
 
-def benchmark_ablation(task: str, seeds: list[int]) -> tuple[dict, str]:
+def benchmark_ablation(task: str, seeds: list[int], only: list[int] | None = None) -> tuple[dict, str]:
+    """Each variant of `ablation_variants(task)` (with `only`, those at these places, the recipe always first) over
+    `seeds`."""
     report = {}
     variants = ablation_variants(task)
+    if only is not None:
+        variants = {name: flags for place, (name, flags) in enumerate(variants.items()) if place in {0, *only}}
     for name, flags in variants.items():
         report[name] = summarize_runs([run_command(["--task", task, *flags], seed) for seed in seeds])
     baseline = report[next(iter(variants))].get("wall_s")  # the first variant is the recipe itself
@@ -486,6 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--typed_inputs", type=int, default=100, help="typed inputs per family and length range (length; 0: none)"
     )
+    parser.add_argument(
+        "--variants", help="ablation: comma-separated places of the variants to run (1 = the first after the recipe)"
+    )
     parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
@@ -497,15 +500,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.section == "ablation":
         for task in tasks:
             try:
-                ablation_variants(task)  # an ablation that does not exist fails before any run
+                variants = ablation_variants(task)  # an ablation that does not exist fails before any run
             except ValueError as error:
                 parser.error(str(error))
+            for place in (args.variants or "").split(",") if args.variants else ():
+                if not place.isdigit() or not 1 <= int(place) < len(variants):
+                    parser.error(f"--variants: {place!r} is not a place of {task}'s variants, 1-{len(variants) - 1}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     report = Report(args.section)
     if args.section == "commands":
         report["commands"], table = benchmark_commands(tasks, seeds)
     elif args.section == "ablation":
-        ablations = {task: benchmark_ablation(task, seeds) for task in tasks}
+        only = [int(place) for place in args.variants.split(",")] if args.variants else None
+        ablations = {task: benchmark_ablation(task, seeds, only) for task in tasks}
         report["ablation"] = {task: ablation for task, (ablation, _) in ablations.items()}
         table = "\n\n".join(text for _, text in ablations.values())
     elif args.section == "bart":
