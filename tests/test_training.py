@@ -193,9 +193,9 @@ def test_every_recipe_file_is_read_and_checked():
                 "--position_embedding_type",
                 "learned",
                 "--max_position_embeddings",
-                "16",
+                "8",
             ],
-            "add sequences of 22 tokens",
+            "add sequences of 12 tokens",  # 10 columns and </s>; the start token and 11 digits
         ),
         (["--model_name_or_path", "some/model", "--d_model", "64"], "--d_model cannot be combined with"),
         (["--target_exact_match", "1.5"], "--target_exact_match must be a share in [0, 1]"),
