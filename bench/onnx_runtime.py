@@ -21,13 +21,16 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import datasets
 import numpy as np
 import onnxruntime
 import torch
 import transformers
 
 from bench.common import Report, alternate, summarize, text_table
+from bench.learning import Recipe, pad_batch, task_splits
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
 from hf_tiny_transformer.onnx_tiny_transformer import OnnxGreedyGenerator, export_onnx
 
 SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32)
@@ -76,8 +79,6 @@ def time_decoding(model, generator: OnnxGreedyGenerator, batch_size: int, length
 def compare_on_test_split(model, generator: OnnxGreedyGenerator, task: str, batch_size: int) -> dict:
     """Decode the task's test split (train.py's recipe and seed) with `generate` and the ONNX Runtime generator, both
     with the model's generation config; count the sequences whose tokens differ."""
-    from bench.learning import Recipe, pad_batch, task_splits
-
     recipe = Recipe.for_task(task)
     _, splits = task_splits(recipe, recipe.seed, recipe.test_size)
     inputs = splits["test"]["input_ids"]
@@ -112,6 +113,11 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a trained folder (default: a random model of the default size)")
+    parser.add_argument(
+        "--position_embedding_type",
+        choices=POSITION_EMBEDDING_TYPES,
+        help="of the random model (default: TinyTransformerConfig's)",
+    )
     parser.add_argument("--task", help="with --model: also decode this built-in task's whole test split both ways")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of torch and ONNX Runtime (1)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each (default 15)")
@@ -124,16 +130,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.task and not args.model:
         parser.error("--task needs --model (a model trained on that task)")
+    if args.model and args.position_embedding_type:
+        parser.error("--position_embedding_type is for the random model; --model brings its own")
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be >= 1")
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     if args.model:
         model = TinyTransformerForConditionalGeneration.from_pretrained(args.model)
     else:
         torch.manual_seed(0)
-        model = TinyTransformerForConditionalGeneration(TinyTransformerConfig(**(SMOKE if args.smoke else {})))
+        sizes = SMOKE if args.smoke else {}
+        if args.position_embedding_type:
+            sizes = {**sizes, "position_embedding_type": args.position_embedding_type}
+        model = TinyTransformerForConditionalGeneration(TinyTransformerConfig(**sizes))
     model.eval()
     length, new_tokens = (6, 4) if args.smoke else (args.source_length, args.new_tokens)
     report = Report(

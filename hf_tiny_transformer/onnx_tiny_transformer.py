@@ -27,6 +27,7 @@ This module needs the `onnx` extra (onnx, onnxruntime, onnxscript) and is not im
 """
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,10 @@ def export_onnx(
     was_training, implementation = model.training, model.config._attn_implementation
     model.set_attn_implementation(TRACED_ATTENTION)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The exporter warns that each dynamic dimension's name "will not be used, since it shares the same shape
+            # constraints with another axis", naming the dimension itself; the graphs do carry the names.
+            warnings.filterwarnings("ignore", message="# The axis name")
             first_step = FirstStep(model).eval()
             first_outputs = first_step(input_ids, attention_mask, decoder_input_ids)
             torch.onnx.export(
