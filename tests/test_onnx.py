@@ -204,3 +204,16 @@ def test_generator_refuses_a_folder_without_an_export(tmp_path):
     decisive_model("relative").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="first_step.onnx, next_step.onnx"):
         OnnxGreedyGenerator(tmp_path)
+
+
+@pytest.mark.slow
+def test_benchmark_reports_both_batch_sizes(bench, capsys, tmp_path):
+    """`python -m bench.onnx_runtime --smoke` runs and reports each row (it times nothing that matters here)."""
+    output = tmp_path / "report.json"
+    report = bench("onnx_runtime").main(["--smoke", "--repeats", "1", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert [row["batch_size"] for row in report["rows"]] == [1, 32]
+    for row in report["rows"]:
+        assert row["generate"]["tokens_per_s"] > 0 and row["onnxruntime"]["tokens_per_s"] > 0
+        assert f"batch {row['batch_size']}, 6 + 4 tokens" in printed
+    assert output.is_file()
