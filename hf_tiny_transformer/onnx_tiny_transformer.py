@@ -75,6 +75,8 @@ NOT_GREEDY_SETTINGS = (
     "suppress_tokens",
     "begin_suppress_tokens",
     "exponential_decay_length_penalty",
+    "penalty_alpha",
+    "guidance_scale",
     "stop_strings",
     "max_time",
 )
@@ -147,7 +149,8 @@ class NextStep(nn.Module):
 
 
 def check_exportable(model: nn.Module) -> None:
-    """Raise `ValueError` unless `model` is a float32 TinyTransformerForConditionalGeneration."""
+    """Raise `ValueError` unless `model` is a float32 TinyTransformerForConditionalGeneration with a decoder start
+    token."""
     if not isinstance(model, TinyTransformerForConditionalGeneration):
         raise ValueError(
             "export_onnx takes a TinyTransformerForConditionalGeneration, got "
@@ -156,6 +159,10 @@ def check_exportable(model: nn.Module) -> None:
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"export_onnx exports float32 weights, got {dtype}; export `model.float()`.")
+    if model.config.decoder_start_token_id is None:
+        raise ValueError(
+            "export_onnx needs `config.decoder_start_token_id` (or `bos_token_id`), the decoder's first input."
+        )
 
 
 def check_greedy(generation_config: GenerationConfig) -> None:
@@ -379,12 +386,12 @@ class OnnxGreedyGenerator:
             tokens[:, step] = next_tokens
             unfinished &= ~np.isin(next_tokens, eos)
             if not unfinished.any() or step == max_new_tokens:
-                return tokens[:, : step + 1]
+                break
             self.check_length(step + 1, "decoder_input_ids")  # where generate's forward would refuse it too
             feed["decoder_input_ids"] = tokens[:, step : step + 1]
             feed.update(zip(self.self_attention_inputs, self_attention))
             logits, *self_attention = self.next_step.run(None, feed)
-        return tokens
+        return tokens[:, : step + 1]
 
 
 def main(argv: list[str] | None = None) -> None:
