@@ -2,6 +2,8 @@
 `generate` on padded batches for every position scheme, the cache the graphs hand over, and clear errors."""
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,14 +58,17 @@ def eos_that_ends_some_rows(model: TinyTransformerForConditionalGeneration) -> i
 
 
 @pytest.fixture(scope="module", params=POSITION_EMBEDDING_TYPES)
-def exported(request, tmp_path_factory):
+def exported(request, tmp_path_factory, environment):
     """(model, folder): a decisive model of each position scheme, its eos chosen by `eos_that_ends_some_rows`, saved
-    and exported through the command line as a user would (`python -m hf_tiny_transformer.onnx_tiny_transformer`)."""
+    and exported as a user would, by the command line in a new process."""
     model = decisive_model(request.param)
     model.generation_config.eos_token_id = eos_that_ends_some_rows(model)
     folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
     model.save_pretrained(folder / "model")
-    onnx_module.main([str(folder / "model"), str(folder / "onnx")])
+    command = [sys.executable, "-m", "hf_tiny_transformer.onnx_tiny_transformer", folder / "model", folder / "onnx"]
+    completed = subprocess.run(command, env=environment(folder), capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == [str(folder / "onnx" / name) for name in ("first_step.onnx", "next_step.onnx")]
     return model, folder / "onnx"
 
 
