@@ -34,21 +34,13 @@ import transformers
 from transformers import GenerationConfig
 
 from bench.common import MODEL_NAMES, REPOSITORY, Report, build_model, make_optimizer, text_table
+from hf_tiny_transformer_train import data
 from hf_tiny_transformer_train.arguments import (
     DEFAULT_TASK,
     NewModelArguments,
     flag_names,
     new_model_config,
     parse_arguments,
-)
-from hf_tiny_transformer_train.data import (
-    build_corpus,
-    build_tokenizer,
-    curriculum_step_count,
-    input_lengths,
-    length_curriculum,
-    target_length,
-    tokenize_corpus,
 )
 from hf_tiny_transformer_train.evaluation import teacher_forced_exact_match
 from hf_tiny_transformer_train.metrics import sequence_metrics
@@ -215,7 +207,7 @@ class Recipe:
     def for_task(cls, task: str, **overrides) -> "Recipe":
         flags = [item for name, value in overrides.items() for item in (f"--{name}", str(value))]
         model_args, data_args, training_args = parse_arguments(["--task", task, *flags])
-        config = new_model_config(model_args, build_tokenizer())
+        config = new_model_config(model_args, data.build_tokenizer())
         sizes = {name: getattr(config, name) for name in flag_names(NewModelArguments)}
         return cls(task, {**training_args.to_dict(), **vars(data_args), **sizes})
 
@@ -286,9 +278,9 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     train_split = splits["train"]
     inputs, labels = train_split["input_ids"], train_split["labels"]
     # train.py's order of batches: its length curriculum for the first steps, then uniform draws from all lengths.
-    curriculum_steps = curriculum_step_count(recipe.length_curriculum_steps or 0, recipe.max_steps)
-    order = length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
-                              curriculum_steps, seed)  # fmt: skip
+    curriculum_steps = data.curriculum_step_count(recipe.length_curriculum_steps or 0, recipe.max_steps)
+    order = data.length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
+                                   curriculum_steps, seed)  # fmt: skip
     batch_size = recipe.per_device_train_batch_size
 
     def batch_at(step: int) -> dict:
@@ -338,18 +330,19 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
 def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = (), families: int = 0):
     """The task's corpus as train.py builds it (tokenized), plus held-out test splits of other lengths and, with
     `families`, up to that many typed inputs of each family (typed_inputs.py) at each length range ("<family> 1-25")."""
-    tokenizer = build_tokenizer()
-    corpus = build_corpus(recipe.task, seed=seed, train_size=recipe.train_size, validation_size=recipe.validation_size,
-                          test_size=test_size, min_length=recipe.min_length, max_length=recipe.max_length,
-                          repeated_values_share=recipe.repeated_values_share or 0.0)  # fmt: skip
-    splits = dict(tokenize_corpus(corpus, tokenizer))
+    tokenizer = data.build_tokenizer()
+    corpus = data.build_corpus(recipe.task, seed=seed, train_size=recipe.train_size,
+                               validation_size=recipe.validation_size, test_size=test_size,
+                               min_length=recipe.min_length, max_length=recipe.max_length,
+                               repeated_values_share=recipe.repeated_values_share or 0.0)  # fmt: skip
+    splits = dict(data.tokenize_corpus(corpus, tokenizer))
     for shortest, longest in longer:
-        extra = build_corpus(recipe.task, seed=seed, train_size=1, validation_size=1, test_size=test_size,
-                             min_length=shortest, max_length=longest)  # fmt: skip
-        splits[f"{shortest}-{longest}"] = tokenize_corpus(extra, tokenizer)["test"]
+        extra = data.build_corpus(recipe.task, seed=seed, train_size=1, validation_size=1, test_size=test_size,
+                                  min_length=shortest, max_length=longest)  # fmt: skip
+        splits[f"{shortest}-{longest}"] = data.tokenize_corpus(extra, tokenizer)["test"]
     for shortest, longest in [(recipe.min_length, recipe.max_length), *longer] if families else ():
         typed = build_typed_inputs(recipe.task, seed, families, shortest, longest)
-        for family, split in tokenize_corpus(typed, tokenizer).items():
+        for family, split in data.tokenize_corpus(typed, tokenizer).items():
             splits[f"{family} {shortest}-{longest}"] = split
     return len(tokenizer), splits
 
@@ -365,7 +358,7 @@ def benchmark_bart(tasks: list[str], seeds: list[int], budget_s: float, test_siz
             vocab_size, splits = task_splits(recipe, seed, test_size)
             models = {name: recipe_model(name, recipe, vocab_size, seed) for name in MODEL_NAMES}
             result = train_side_by_side(models, recipe, splits, seed, budget_s, recipe.target_exact_match)
-            longest = target_length(task, recipe.max_length) + 1
+            longest = data.target_length(task, recipe.max_length) + 1
             for name, model in models.items():
                 result[name]["test_exact_match"] = exact_match(model, splits["test"], longest, 250)
                 result[name]["best_validation"] = max(p["validation_exact_match"] for p in result[name]["curve"])
@@ -441,14 +434,14 @@ def benchmark_length(
             name = "bart" if scheme is None else "ours"
             model = recipe_model(name, recipe, vocab_size, seed, position_embedding_type=scheme)
             if scaled:
-                model.config.relative_attention_reference_length = max(input_lengths(splits["train"]))
+                model.config.relative_attention_reference_length = max(data.input_lengths(splits["train"]))
             result = train_side_by_side({name: model}, recipe, splits, seed, budget_s, recipe.target_exact_match)[name]
             trained = f"1-{trained_longest}"
-            scores = {trained: exact_match(model, splits["test"], target_length(task, trained_longest) + 1, 250)}
+            scores = {trained: exact_match(model, splits["test"], data.target_length(task, trained_longest) + 1, 250)}
             for split_name, split in splits.items():
                 if split_name[0].isdigit() or " " in split_name:  # "26-50", "one_value 1-25", ...
                     longest = int(split_name.split("-")[-1])
-                    scores[split_name] = exact_match(model, split, target_length(task, longest) + 1, 100)
+                    scores[split_name] = exact_match(model, split, data.target_length(task, longest) + 1, 100)
             report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
             print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
     rows = [("task, model, lengths trained", "steps trained", "test, lengths trained", "longer, to 2x", "2x to 4x")]

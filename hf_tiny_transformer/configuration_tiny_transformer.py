@@ -38,6 +38,13 @@ ARCHITECTURE_FIELDS = SIZE_FIELDS[:7] + (
 RELATIVE_POSITION_FIELDS = ("relative_attention_num_buckets", "relative_attention_max_distance")
 
 
+def check_is_object(config_dict) -> dict:
+    """`config_dict`, if what `config.json` held is a JSON object; otherwise `ValueError`."""
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"Invalid TinyTransformer `config.json`: expected a JSON object, got {config_dict!r:.80}.")
+    return config_dict
+
+
 class TinyTransformerConfig(PretrainedConfig):
     r"""
     Configuration of a [`TinyTransformerModel`] / [`TinyTransformerForConditionalGeneration`].
@@ -142,11 +149,16 @@ class TinyTransformerConfig(PretrainedConfig):
         self.validate_tiny_transformer()
 
     @classmethod
+    def _dict_from_json_file(cls, json_file) -> dict:
+        # transformers 5.17 writes a key into what `config.json` holds before `from_dict` sees it: a file that holds
+        # no JSON object is refused here, as `from_dict` refuses it, instead of failing there with a TypeError.
+        return check_is_object(super()._dict_from_json_file(json_file))
+
+    @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "TinyTransformerConfig":
         """`PreTrainedConfig.from_dict`, through which every saved `config.json` is loaded. Stricter: the file must
         state every field in `ARCHITECTURE_FIELDS`, and a missing or invalid field raises `ValueError` naming it."""
-        if not isinstance(config_dict, dict):
-            raise ValueError(f"Invalid TinyTransformer `config.json`: expected a JSON object, got {config_dict!r:.80}.")
+        check_is_object(config_dict)
         required = ARCHITECTURE_FIELDS
         if config_dict.get("position_embedding_type") == "relative":
             required += RELATIVE_POSITION_FIELDS

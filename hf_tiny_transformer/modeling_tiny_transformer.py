@@ -19,9 +19,10 @@ encoder-decoder attention. Attention runs through transformers' attention interf
 eager is the equations above written out and returns α for interpretability.
 
 In reading order: token embeddings, masks, attention, the residual sub-layer and the feed-forward network, the two
-layers, the pre-trained base, the encoder, the decoder and the two public models. Sibling modules hold the absolute
-positions' vectors, the relative positions' biases, the speed paths, the input checks and the checkpoint checks;
-`save_pretrained` copies them all next to the weights, so that `trust_remote_code=True` loads without this package.
+layers, the pre-trained base, the stack that the encoder and the decoder share, the encoder, the decoder and the two
+public models. Sibling modules hold the absolute positions' vectors, the relative positions' biases, the speed paths,
+the input checks and the checkpoint checks; `save_pretrained` copies them all next to the weights, so that
+`trust_remote_code=True` loads without this package.
 """
 
 import math
@@ -409,22 +410,37 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
 
 
 # -------------------------------------------------------------------------------------------------- encoder, decoder
-class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
+class TinyTransformerStack(TinyTransformerPreTrainedModel):
+    """What the encoder and the decoder are both made of (one class serves both in T5, `T5Stack`): token embeddings,
+    absolute position vectors or a relative position bias, `num_layers` layers of `layer_class`, and a final LayerNorm
+    when pre-norm. The forwards, which differ, are the encoder's and the decoder's own."""
+
+    def __init__(
+        self,
+        config: TinyTransformerConfig,
+        layer_class: type[GradientCheckpointingLayer],
+        num_layers: int,
+        position_bias_class: type[nn.Module],
+    ):
+        super().__init__(config)
+        self.embed_tokens = TinyTransformerScaledEmbedding(config)
+        self.embed_positions = absolute_position_embedding(config)
+        relative = config.position_embedding_type == "relative"
+        self.position_bias = position_bias_class(config) if relative else None
+        self.dropout = config.dropout
+        self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
+        self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
+        self.post_init()
+
+
+class TinyTransformerEncoder(TinyTransformerStack):
     """Token embeddings (+ position vectors), then `encoder_layers` encoder layers (and a final LayerNorm when
     pre-norm)."""
 
     _can_record_outputs = {"hidden_states": TinyTransformerEncoderLayer, "attentions": TinyTransformerAttention}
 
     def __init__(self, config: TinyTransformerConfig):
-        super().__init__(config)
-        self.embed_tokens = TinyTransformerScaledEmbedding(config)
-        self.embed_positions = absolute_position_embedding(config)
-        relative = config.position_embedding_type == "relative"
-        self.position_bias = TinyTransformerEncoderPositionBias(config) if relative else None
-        self.dropout = config.dropout
-        self.layers = nn.ModuleList(TinyTransformerEncoderLayer(config, i) for i in range(config.encoder_layers))
-        self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
-        self.post_init()
+        super().__init__(config, TinyTransformerEncoderLayer, config.encoder_layers, TinyTransformerEncoderPositionBias)
 
     @capture_outputs
     def forward(
@@ -462,7 +478,7 @@ class TinyTransformerEncoder(TinyTransformerPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
+class TinyTransformerDecoder(TinyTransformerStack):
     """Token embeddings (+ position vectors), then `decoder_layers` decoder layers attending to the encoder states
     (and a final LayerNorm when pre-norm)."""
 
@@ -473,15 +489,7 @@ class TinyTransformerDecoder(TinyTransformerPreTrainedModel):
     }
 
     def __init__(self, config: TinyTransformerConfig):
-        super().__init__(config)
-        self.embed_tokens = TinyTransformerScaledEmbedding(config)
-        self.embed_positions = absolute_position_embedding(config)
-        relative = config.position_embedding_type == "relative"
-        self.position_bias = TinyTransformerDecoderPositionBias(config) if relative else None
-        self.dropout = config.dropout
-        self.layers = nn.ModuleList(TinyTransformerDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
-        self.post_init()
+        super().__init__(config, TinyTransformerDecoderLayer, config.decoder_layers, TinyTransformerDecoderPositionBias)
 
     @merge_with_config_defaults
     @capture_outputs

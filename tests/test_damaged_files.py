@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from packaging.version import Version
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from transformers.testing_utils import CaptureLogger
@@ -137,10 +135,6 @@ def test_config_that_is_not_json_raises_os_error_naming_the_file(checkpoint, loa
         LOADERS[loader](checkpoint)
 
 
-@pytest.mark.skipif(
-    Version(transformers.__version__) < Version("5.24"),
-    reason="transformers 5.17 raises TypeError on a non-object config.json before our config sees it",
-)
 def test_config_that_is_not_an_object_raises_value_error(checkpoint):
     (checkpoint / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"`config.json`: expected a JSON object"):

@@ -7,6 +7,8 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderC
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 GREEDY = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
+# GREEDY, returning a dict that holds every step's scores.
+GREEDY_WITH_SCORES = dict(**GREEDY, return_dict_in_generate=True, output_scores=True)
 
 
 @pytest.fixture
@@ -43,12 +45,7 @@ def test_cached_greedy_scores_match_uncached_scores(decisive_model, batch):
     scores = {}
     for use_cache in (True, False):
         result = decisive_model.generate(
-            input_ids,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
-            return_dict_in_generate=True,
-            output_scores=True,
-            **GREEDY,
+            input_ids, attention_mask=attention_mask, use_cache=use_cache, **GREEDY_WITH_SCORES
         )
         scores[use_cache] = torch.stack(result.scores)
     torch.testing.assert_close(scores[True], scores[False], atol=1e-5, rtol=1e-5)
@@ -121,11 +118,9 @@ def test_generate_returns_scores_and_attentions_in_a_dict(decisive_model, batch)
     result = decisive_model.generate(
         input_ids,
         attention_mask=attention_mask,
-        return_dict_in_generate=True,
-        output_scores=True,
         output_attentions=True,
         output_hidden_states=True,
-        **GREEDY,
+        **GREEDY_WITH_SCORES,
     )
     assert result.sequences.shape == (2, 13)
     assert len(result.scores) == 12 and result.scores[0].shape == (2, 40)

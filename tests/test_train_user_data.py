@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import build_tokenizer
+from tests.train_flags import new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
@@ -25,8 +26,8 @@ NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twe
 LOOKUP = [{"source": word, "target": str(number)} for number, word in enumerate(NUMBER_WORDS)]
 # A small model and a short run: seconds of CPU.
 TINY = [
-    "--d_model", "32", "--ffn_dim", "64", "--encoder_layers", "1", "--decoder_layers", "1",
-    "--num_attention_heads", "2", "--dropout", "0", "--per_device_train_batch_size", "32", "--logging_steps", "10",
+    *new_model_flags(d_model=32, layers=1, num_attention_heads=2, ffn_dim=64),
+    "--dropout", "0", "--per_device_train_batch_size", "32", "--logging_steps", "10",
     "--disable_tqdm", "true", "--report_to", "none",
 ]  # fmt: skip
 
