@@ -69,7 +69,9 @@ def weights_file(output_dir: Path) -> Path:
     return adapter if adapter.is_file() else output_dir / "model.safetensors"
 
 
-def fine_tune(method: dict, base: Path, task: str, data: dict, steps: int, seed: int, scratch: Path, threads) -> dict:
+def fine_tune(
+    method: dict, base: Path, task: str, data: dict, steps: int, seed: int, scratch: Path, threads: int | None
+) -> dict:
     """One train.py run of `method` from `base`; what the table reports of it."""
     output_dir = scratch / f"{method['name']}-seed{seed}"
     flags = [*data_flags(task, data), "--model_name_or_path", str(base), "--seed", str(seed), *method["flags"]]
