@@ -144,6 +144,23 @@ def test_from_pretrained_with_a_torchao_config_loads_int8_projections(model_and_
     assert generated.shape[0] == 2 and 1 < generated.shape[1] <= 7
 
 
+@pytest.mark.parametrize("mode", sorted(QUANTIZATION_CONFIGS))
+def test_a_model_loaded_with_a_torchao_config_saves_as_safetensors_and_loads_back_quantized(
+    model_and_reference, tmp_path, mode
+):
+    model, inputs, _ = model_and_reference
+    model.save_pretrained(tmp_path / "float32")
+    config = TorchAoConfig(QUANTIZATION_CONFIGS[mode]())
+    quantized = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "float32", quantization_config=config).eval()
+    quantized.save_pretrained(tmp_path / "int8")
+    assert (tmp_path / "int8" / "model.safetensors").is_file()
+    # The saved config records the quantization: a plain from_pretrained loads the int8 model back.
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8").eval()
+    assert quantized_linears(reloaded) == quantized_linears(quantized)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, quantized(**inputs).logits)
+
+
 # ----------------------------------------------------------------------------------------- torchao's import noise
 def test_importing_the_package_prints_none_of_torchaos_import_noise(environment, tmp_path):
     # A fresh process: torchao logs these lines once, as transformers' model code first imports it.
