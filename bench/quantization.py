@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per sequence when timing")
     parser.add_argument("--batch_sizes", default="1,32", help="comma-separated batch sizes timed")
     parser.add_argument("--repeats", type=int, default=7, help="timed generations per variant and batch size")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads, here and in the training run (default: torch's)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny model, one repeat: checks the script runs")
     parser.add_argument("--output", type=Path, help="write the report as JSON here")
     args = parser.parse_args(argv)
@@ -228,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         if folder is None:
             folder = scratch / "model"
             report.progress(f"training a short {args.task} model")
-            report["training"] = train_short_model(args.task, data, folder, scratch / "caches", args.smoke)
+            report["training"] = train_short_model(
+                args.task, data, folder, scratch / "caches", args.smoke, args.threads
+            )
         tokenizer = AutoTokenizer.from_pretrained(folder)
         test = held_out_test_split(args.task, data["test_size"], data["min_length"], data["max_length"], tokenizer)
         longest_answer = max(map(len, test["labels"]))
