@@ -1,16 +1,19 @@
 """What the benchmarks share: the ids of random inputs, ours and BART built alike, the Trainer's optimizer, timing
-variants in turn, medians, and the report every script prints and writes."""
+variants in turn, medians, the report every script prints and writes, and train.py run as users run it."""
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import safetensors
 import torch
 import transformers
 from transformers import BartConfig, BartForConditionalGeneration, Trainer
@@ -185,3 +188,65 @@ def write_report(path: Path | None, report: dict) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------------- train.py as users run it
+TRAIN_SCRIPT = REPOSITORY / "train" / "train.py"
+
+
+def run_train_script(flags: list[str], output_dir: Path, cache_dir: Path, threads: int | None = None) -> dict:
+    """`python train/train.py FLAGS --output_dir OUTPUT_DIR` in a fresh process, as a user runs it, with its Hub and
+    datasets caches under `cache_dir` (no network) and `threads` intra-op threads (None: the inherited setting). Its
+    wall time and the metrics it wrote (all_results.json); a failed run raises RuntimeError with its output's end."""
+    environment = {**os.environ, "HF_HOME": str(cache_dir / "hf"), "HF_DATASETS_CACHE": str(cache_dir / "datasets"),
+                   "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    if threads is not None:
+        environment["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, str(TRAIN_SCRIPT), *flags, "--output_dir", str(output_dir), "--disable_tqdm", "true"]
+    start = time.perf_counter()
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if completed.returncode != 0:
+        output = (completed.stdout + completed.stderr)[-3000:]
+        raise RuntimeError(f"train.py {' '.join(flags)} failed (exit status {completed.returncode}):\n{output}")
+    return {"wall_s": wall, "results": json.loads((output_dir / "all_results.json").read_text())}
+
+
+# A model that learns reverse (or copy) in a few hundred steps with the task's recipe (relative positions, 2+2 layers,
+# d_model 128), on sequences of 1-20 integers; it stops at the recipe's validation target.
+SHORT_RUN = {
+    "data": {"min_length": 1, "max_length": 20, "train_size": 20000, "validation_size": 200, "test_size": 500},
+    "flags": ["--max_steps", "600"],
+}
+# A few seconds of CPU: checks that a script runs and prints its table.
+SMOKE_RUN = {
+    "data": {"min_length": 1, "max_length": 4, "train_size": 2000, "validation_size": 32, "test_size": 64},
+    "flags": ["--max_steps", "40", "--eval_steps", "40", "--warmup_steps", "5", "--per_device_train_batch_size", "32",
+              "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1", "--num_attention_heads", "2",
+              "--ffn_dim", "64"],
+}  # fmt: skip
+
+
+def data_flags(task: str, data: dict) -> list[str]:
+    """train.py's flags for `task` with `data` (lengths and split sizes, as in SHORT_RUN), without the typed-input
+    and longer tests."""
+    flags = ["--task", task, "--typed_inputs_size", "0", "--longer_test_size", "0"]
+    for name, value in data.items():
+        flags += [f"--{name}", str(value)]
+    return flags
+
+
+def train_short_model(
+    task: str, data: dict, output_dir: Path, cache_dir: Path, smoke: bool, threads: int | None = None
+) -> dict:
+    """Train `task` on `data` with SHORT_RUN's steps (SMOKE_RUN's size and steps with `smoke`) into `output_dir`;
+    run_train_script's record of the run."""
+    run = SMOKE_RUN if smoke else SHORT_RUN
+    flags = [*data_flags(task, data), *run["flags"], "--save_strategy", "no"]
+    return run_train_script(flags, output_dir, cache_dir, threads)
+
+
+def safetensors_parameters(path: Path) -> int:
+    """The number of values stored in the safetensors file `path` (its header only is read)."""
+    with safetensors.safe_open(path, framework="pt") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())

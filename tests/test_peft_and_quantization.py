@@ -2,13 +2,16 @@
 `target_modules="all-linear"` and torchao's int8 quantization (weight-only, and dynamic activations with weights), both
 through `quantize_` and through `from_pretrained(..., quantization_config=TorchAoConfig(...))`."""
 
+import logging
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, TorchAoConfig
 
-from hf_tiny_transformer import TinyTransformerForConditionalGeneration
+from hf_tiny_transformer import TinyTransformerForConditionalGeneration, torchao_import_noise_dropped
 
 peft = pytest.importorskip("peft", reason="needs the `peft` extra")
 quantization = pytest.importorskip("torchao.quantization", reason="needs the `quantization` extra")
@@ -139,3 +142,56 @@ def test_from_pretrained_with_a_torchao_config_loads_int8_projections(model_and_
         assert_close_to_float32(loaded(**inputs).logits, reference)
     generated = loaded.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6)
     assert generated.shape[0] == 2 and 1 < generated.shape[1] <= 7
+
+
+@pytest.mark.parametrize("mode", sorted(QUANTIZATION_CONFIGS))
+def test_a_model_loaded_with_a_torchao_config_saves_as_safetensors_and_loads_back_quantized(
+    model_and_reference, tmp_path, mode
+):
+    model, inputs, _ = model_and_reference
+    model.save_pretrained(tmp_path / "float32")
+    config = TorchAoConfig(QUANTIZATION_CONFIGS[mode]())
+    quantized = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "float32", quantization_config=config).eval()
+    quantized.save_pretrained(tmp_path / "int8")
+    assert (tmp_path / "int8" / "model.safetensors").is_file()
+    # The saved config records the quantization: a plain from_pretrained loads the int8 model back.
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8").eval()
+    assert quantized_linears(reloaded) == quantized_linears(quantized)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, quantized(**inputs).logits)
+
+
+# ----------------------------------------------------------------------------------------- torchao's import noise
+def test_importing_the_package_prints_none_of_torchaos_import_noise(environment, tmp_path):
+    # A fresh process: torchao logs these lines once, as transformers' model code first imports it.
+    completed = subprocess.run(
+        [sys.executable, "-c", "import hf_tiny_transformer"],
+        env=environment(tmp_path), capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    noise = [line for line in completed.stderr.splitlines() if "_C_" in line or "Enum subclass" in line]
+    assert noise == []
+
+
+def test_only_torchaos_import_noise_is_dropped_and_only_while_the_package_imports():
+    torchao_logger = logging.getLogger("torchao")
+    filters_before = list(torchao_logger.filters)
+    records = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    recorder = Recorder()
+    torchao_logger.addHandler(recorder)
+    try:
+        with torchao_import_noise_dropped():
+            torchao_logger.warning("Failed to load /site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
+            torchao_logger.warning("Skipping import of cpp extensions due to incompatible torch version")
+        torchao_logger.warning("Failed to load /site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no")
+    finally:
+        torchao_logger.removeHandler(recorder)
+    assert records == [
+        "Skipping import of cpp extensions due to incompatible torch version",
+        "Failed to load /site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: no",
+    ]
+    assert torchao_logger.filters == filters_before
