@@ -12,6 +12,7 @@ pytest-xdist worker runs one thread, a plain `pytest -n 0` torch's default, and 
 """
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -158,6 +159,19 @@ def bench():
     yield lambda script: importlib.import_module(f"bench.{script}")
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity(verbosity)
+
+
+@pytest.fixture
+def bench_run(bench, capsys, tmp_path):
+    """`bench_run(script, flags)`: bench.<script>'s `main(flags)` in this process (as `bench` imports it), writing its
+    report to a file under tmp_path (`--output`); the report read back from that JSON, and the text it printed."""
+
+    def run(script: str, flags: list[str]) -> tuple[dict, str]:
+        output = tmp_path / "report.json"
+        bench(script).main([*flags, "--output", str(output)])
+        return json.loads(output.read_text()), capsys.readouterr().out
+
+    return run
 
 
 def child_environment(tmp: Path) -> dict[str, str]:
