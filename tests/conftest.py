@@ -32,6 +32,10 @@ from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditi
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES  # noqa: E402
 
 THREADS_VARIABLE = "TINY_TRANSFORMER_TEST_THREADS"
+# generate's arguments that make it return a dict holding every step's scores (the logits after its processors), or
+# every step's logits as the model computed them; tests import them (`from conftest import STEP_SCORES`).
+STEP_SCORES = dict(return_dict_in_generate=True, output_scores=True)
+STEP_LOGITS = dict(return_dict_in_generate=True, output_logits=True)
 
 
 def forced_threads() -> int | None:
