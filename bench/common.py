@@ -236,14 +236,20 @@ def data_flags(task: str, data: dict) -> list[str]:
     return flags
 
 
-def train_short_model(
-    task: str, data: dict, output_dir: Path, cache_dir: Path, smoke: bool, threads: int | None = None
-) -> dict:
-    """Train `task` on `data` with SHORT_RUN's steps (SMOKE_RUN's size and steps with `smoke`) into `output_dir`;
-    run_train_script's record of the run."""
+def given_or_short_model(
+    folder: Path | None, task: str, data: dict, scratch: Path, report: Report, smoke: bool, threads: int | None = None
+) -> Path:
+    """The model folder a benchmark measures: `folder` when the user gave one; otherwise a `task` model trained on
+    `data` with SHORT_RUN's steps (SMOKE_RUN's size and steps with `smoke`) into `scratch`, run_train_script's record
+    of the run kept in `report["training"]`."""
+    if folder is not None:
+        return folder
+    folder = scratch / "model"
+    report.progress(f"training a short {task} model")
     run = SMOKE_RUN if smoke else SHORT_RUN
     flags = [*data_flags(task, data), *run["flags"], "--save_strategy", "no"]
-    return run_train_script(flags, output_dir, cache_dir, threads)
+    report["training"] = run_train_script(flags, folder, scratch / "caches", threads)
+    return folder
 
 
 def safetensors_parameters(path: Path) -> int:

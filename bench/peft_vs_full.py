@@ -29,10 +29,10 @@ from bench.common import (
     SMOKE_RUN,
     Report,
     data_flags,
+    given_or_short_model,
     run_train_script,
     safetensors_parameters,
     text_table,
-    train_short_model,
 )
 from hf_tiny_transformer_train.arguments import RECIPES, AdapterArguments
 from hf_tiny_transformer_train.data import TASKS
@@ -185,13 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = Report("smoke" if args.smoke else "full", task=args.task, data=data, steps=args.steps, seeds=seeds)
     with tempfile.TemporaryDirectory(prefix="peft-vs-full-") as scratch:
         scratch = Path(scratch)
-        base = args.base
-        if base is None:
-            base = scratch / "base"
-            report.progress(f"training the base model ({args.base_task})")
-            report["base_training"] = train_short_model(
-                args.base_task, data, base, scratch / "caches", args.smoke, args.threads
-            )
+        base = given_or_short_model(args.base, args.base_task, data, scratch, report, args.smoke, args.threads)
         base_parameters = safetensors_parameters(base / "model.safetensors")
         report["base"] = {"folder": str(args.base or f"{args.base_task}, trained here"), "parameters": base_parameters}
         runs = []

@@ -30,7 +30,7 @@ import transformers
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, TorchAoConfig
 
-from bench.common import SHORT_RUN, SMOKE_RUN, Report, alternate, summarize, text_table, train_short_model
+from bench.common import SHORT_RUN, SMOKE_RUN, Report, alternate, given_or_short_model, summarize, text_table
 from hf_tiny_transformer_train.data import TASKS, generate_examples
 from hf_tiny_transformer_train.metrics import generated_answer, sequence_metrics
 
@@ -226,13 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = Report("smoke" if args.smoke else "full", task=args.task, data=data, new_tokens=new_tokens)
     with tempfile.TemporaryDirectory(prefix="quantization-") as scratch:
         scratch = Path(scratch)
-        folder = args.model
-        if folder is None:
-            folder = scratch / "model"
-            report.progress(f"training a short {args.task} model")
-            report["training"] = train_short_model(
-                args.task, data, folder, scratch / "caches", args.smoke, args.threads
-            )
+        folder = given_or_short_model(args.model, args.task, data, scratch, report, args.smoke, args.threads)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         test = held_out_test_split(args.task, data["test_size"], data["min_length"], data["max_length"], tokenizer)
         longest_answer = max(map(len, test["labels"]))

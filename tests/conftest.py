@@ -12,6 +12,7 @@ pytest-xdist worker runs one thread, a plain `pytest -n 0` torch's default, and 
 """
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,10 @@ from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditi
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES  # noqa: E402
 
 THREADS_VARIABLE = "TINY_TRANSFORMER_TEST_THREADS"
+# generate's arguments that make it return a dict holding every step's scores (the logits after its processors), or
+# every step's logits as the model computed them; tests import them (`from conftest import STEP_SCORES`).
+STEP_SCORES = dict(return_dict_in_generate=True, output_scores=True)
+STEP_LOGITS = dict(return_dict_in_generate=True, output_logits=True)
 
 
 def forced_threads() -> int | None:
@@ -158,6 +163,19 @@ def bench():
     yield lambda script: importlib.import_module(f"bench.{script}")
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity(verbosity)
+
+
+@pytest.fixture
+def bench_run(bench, capsys, tmp_path):
+    """`bench_run(script, flags)`: bench.<script>'s `main(flags)` in this process (as `bench` imports it), writing its
+    report to a file under tmp_path (`--output`); the report read back from that JSON, and the text it printed."""
+
+    def run(script: str, flags: list[str]) -> tuple[dict, str]:
+        output = tmp_path / "report.json"
+        bench(script).main([*flags, "--output", str(output)])
+        return json.loads(output.read_text()), capsys.readouterr().out
+
+    return run
 
 
 def child_environment(tmp: Path) -> dict[str, str]:

@@ -1,8 +1,6 @@
 """bench/learning.py: the length-generalisation comparison on a tiny budget, and the ablation's variants; the
 script's `main` runs in this process with a user's arguments (it times nothing here)."""
 
-import json
-
 import pytest
 
 from hf_tiny_transformer_train import train
@@ -10,11 +8,9 @@ from hf_tiny_transformer_train.typed_inputs import FAMILIES
 
 
 @pytest.mark.slow
-def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisation(bench, capsys, tmp_path):
-    output = tmp_path / "length.json"
-    bench("learning").main(["length", "--smoke", "--tasks", "copy", "--seeds", "1", "--output", str(output)])
-    printed = capsys.readouterr().out
-    report = json.loads(output.read_text())["length"]["copy"]
+def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisation(bench_run):
+    written, printed = bench_run("learning", ["length", "--smoke", "--tasks", "copy", "--seeds", "1"])
+    report = written["length"]["copy"]
     assert set(report) == {
         "ours, sinusoidal",
         "ours, learned",
@@ -34,12 +30,9 @@ def test_learning_benchmark_trains_ours_and_bart_and_reports_length_generalisati
     assert "copy, ours, relative, 51-100" in printed.split("Typed inputs")[1]
 
 
-def test_length_benchmark_trains_add_on_1_to_10_digits_and_tests_up_to_40(bench, capsys, tmp_path):
-    output = tmp_path / "length.json"
-    bench("learning").main(["length", "--smoke", "--tasks", "add", "--seeds", "1", "--output", str(output)])
-    printed = capsys.readouterr().out
-    report = json.loads(output.read_text())["length"]["add"]
-    for result in report.values():
+def test_length_benchmark_trains_add_on_1_to_10_digits_and_tests_up_to_40(bench_run):
+    report, printed = bench_run("learning", ["length", "--smoke", "--tasks", "add", "--seeds", "1"])
+    for result in report["length"]["add"].values():
         assert set(result["exact_match"]) == {"1-10", "11-20", "21-40"}  # no typed-input families: two numbers
     assert "add, ours, relative, 1-10" in printed and "Typed inputs" not in printed
 

@@ -1,18 +1,14 @@
 """bench/openmp_wait.py: both wait policies timed with and without a busy neighbour, each in its own process (OpenMP
 reads the policy once, as torch loads); the script's `main` runs in this process with a user's arguments."""
 
-import json
-
 import pytest
 
 
-def test_openmp_wait_policy_comparison_reports_both_policies_with_and_without_a_busy_neighbour(bench, capsys, tmp_path):
-    output = tmp_path / "report.json"
-    bench("openmp_wait").main(["--smoke", "--rows", "sort", "--repeats", "1", "--steps", "2", "--output", str(output)])
-    printed = capsys.readouterr().out
+def test_openmp_wait_policy_comparison_reports_both_policies_with_and_without_a_busy_neighbour(bench_run):
+    report, printed = bench_run("openmp_wait", ["--smoke", "--rows", "sort", "--repeats", "1", "--steps", "2"])
     for row in ("sort step, CPUs otherwise free", "sort step, next to a busy process"):
         assert row in printed
-    rows = json.loads(output.read_text())["rows"]
+    rows = report["rows"]
     assert [(row["row"], row["busy_neighbour"]) for row in rows] == [("sort", False), ("sort", True)]
     assert all(row["spin_ms"] > 0 and row["sleep_ms"] > 0 and row["sleep_over_spin"] > 0 for row in rows)
 

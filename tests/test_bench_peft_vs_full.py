@@ -3,8 +3,6 @@ table, with the counts it reads from the saved files checked against their defin
 checked (figures on a test machine mean nothing); the script's `main` runs in this process with a user's arguments,
 and train.py in processes of its own, as the script runs it."""
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
@@ -16,12 +14,9 @@ pytest.importorskip("peft", reason="needs the `peft` extra")
 
 
 @pytest.mark.slow
-def test_peft_against_full_fine_tuning_reports_each_method(bench, capsys, tmp_path):
-    output = tmp_path / "report.json"
-    bench("peft_vs_full").main(["--smoke", "--steps", "5", "--seeds", "0", "--lora_learning_rates", "1e-2",
-                                "--lora_r", "2", "--learning_rate", "2e-3", "--output", str(output)])  # fmt: skip
-    printed = capsys.readouterr().out
-    report = json.loads(output.read_text())
+def test_peft_against_full_fine_tuning_reports_each_method(bench_run):
+    report, printed = bench_run("peft_vs_full", ["--smoke", "--steps", "5", "--seeds", "0", "--lora_learning_rates",
+                                                 "1e-2", "--lora_r", "2", "--learning_rate", "2e-3"])  # fmt: skip
     summaries = {summary["method"]: summary for summary in report["summaries"]}
     assert list(summaries) == ["before", "lora-lr0.01", "full"]
     for label in ("reverse model, not fine-tuned", "LoRA r=2, lr 0.01", "full fine-tuning, lr 0.002"):
@@ -42,12 +37,12 @@ def test_peft_against_full_fine_tuning_reports_each_method(bench, capsys, tmp_pa
     assert report["runs"][0]["weights_bytes"] == full["weights_bytes"]  # the base's model file, as big as full's
     assert 0 < lora["weights_bytes"] < full["weights_bytes"]
     assert [run["seed"] for run in report["runs"]] == [0, 0, 0]
-    assert report["base_training"]["results"]["train_runtime"] > 0
+    assert report["training"]["results"]["train_runtime"] > 0
     assert report["base"]["folder"] == "reverse, trained here"
 
 
 @pytest.mark.slow
-def test_lora_trainable_parameters_are_rank_times_each_projections_inputs_and_outputs(bench, capsys, tmp_path):
+def test_lora_trainable_parameters_are_rank_times_each_projections_inputs_and_outputs(bench_run, tmp_path):
     base = tmp_path / "base"
     # A base of the built-in vocabulary, untrained: the counts do not depend on what it learnt.
     tokenizer = build_tokenizer()
@@ -57,17 +52,15 @@ def test_lora_trainable_parameters_are_rank_times_each_projections_inputs_and_ou
     torch.manual_seed(0)
     TinyTransformerForConditionalGeneration(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    output = tmp_path / "report.json"
-    bench("peft_vs_full").main(["--smoke", "--base", str(base), "--steps", "2", "--seeds", "3",
-                                "--lora_learning_rates", "1e-2", "--lora_r", "3", "--output", str(output)])  # fmt: skip
-    report = json.loads(output.read_text())
+    report, printed = bench_run("peft_vs_full", ["--smoke", "--base", str(base), "--steps", "2", "--seeds", "3",
+                                                 "--lora_learning_rates", "1e-2", "--lora_r", "3"])  # fmt: skip
     lora = next(summary for summary in report["summaries"] if summary["method"] == "lora-lr0.01")
     model = AutoModelForSeq2SeqLM.from_pretrained(base)
     projections = [module for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear) and name != "lm_head"]  # fmt: skip
     assert lora["trainable_parameters"] == sum(3 * (p.in_features + p.out_features) for p in projections)
     assert report["base"] == {"folder": str(base), "parameters": model.num_parameters()}
-    assert "base model, not fine-tuned" in capsys.readouterr().out
+    assert "base model, not fine-tuned" in printed
 
 
 @pytest.mark.parametrize(

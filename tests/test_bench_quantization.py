@@ -3,8 +3,6 @@ table. It checks what does not depend on the machine (which layers are int8, the
 memory, that both torchao routes compute the same model), never the timings; the script's `main` runs in this
 process with a user's arguments."""
 
-import json
-
 import pytest
 
 pytest.importorskip("torchao.quantization", reason="needs the `quantization` extra")
@@ -19,11 +17,8 @@ ROWS = [
 
 
 @pytest.mark.slow
-def test_quantization_benchmark_reports_every_mode_both_ways(bench, capsys, tmp_path):
-    output = tmp_path / "report.json"
-    bench("quantization").main(["--smoke", "--batch_sizes", "1,3", "--output", str(output)])
-    printed = capsys.readouterr().out
-    report = json.loads(output.read_text())
+def test_quantization_benchmark_reports_every_mode_both_ways(bench_run):
+    report, printed = bench_run("quantization", ["--smoke", "--batch_sizes", "1,3"])
     rows = {row["name"]: row for row in report["rows"]}
     assert list(rows) == ROWS
     for column in ("int8 linears", "test exact match", "same as float32", "tokens/s b1", "tokens/s b3", "on disk"):

@@ -4,17 +4,12 @@ They time nothing here (figures on a test machine mean nothing); they check that
 bench/README.md work and print their tables. Each script's `main` runs in this process with a user's arguments.
 """
 
-import json
-
 import pytest
 
 
 @pytest.mark.slow
-def test_speed_benchmark_reports_every_measurement(bench, capsys, tmp_path):
-    output = tmp_path / "report.json"
-    bench("compare_with_bart").main(["--smoke", "--sections", "training,generation,memory", "--output", str(output)])
-    printed = capsys.readouterr().out
-    report = json.loads(output.read_text())
+def test_speed_benchmark_reports_every_measurement(bench_run):
+    report, printed = bench_run("compare_with_bart", ["--smoke", "--sections", "training,generation,memory"])
     counts = report["parameters"]["tiny"]
     assert abs(counts["ours"] / counts["bart"] - 1) < 0.05  # both models get the same size
     for name in ("ours", "bart"):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import STEP_SCORES
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
@@ -57,9 +58,7 @@ def test_compiled_static_cache_generation_matches_eager(make_model, batch):
     model = make_model(initializer_range=0.5, seed=3, **ONE_LAYER_EACH)
     input_ids, attention_mask = batch(40, [8, 5])
     settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, cache_implementation="static")
-    result = model.generate(
-        input_ids, attention_mask=attention_mask, return_dict_in_generate=True, output_scores=True, **settings
-    )
+    result = model.generate(input_ids, attention_mask=attention_mask, **STEP_SCORES, **settings)
     best_two = torch.stack(result.scores).topk(2, dim=-1).values
     assert (best_two[..., 0] - best_two[..., 1]).min() > 1e-3
     eager = result.sequences

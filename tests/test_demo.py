@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train.data import VOCABULARY, build_tokenizer, task_target
 from hf_tiny_transformer_train.demo import Demo, TrainedTask, read_source, read_trained_task
-from tests.train_flags import new_model_flags
+from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,8 +157,8 @@ def test_a_model_without_a_built_in_task_is_refused_with_the_flag_to_name_one(tm
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # A reverse model of 1-4 integers: learnt in about 200 steps, seconds of CPU.
 TINY_REVERSE = [
-    "--task", "reverse", "--min_length", "1", "--max_length", "4",
-    "--train_size", "4000", "--validation_size", "64", "--test_size", "64", "--longer_test_size", "0",
+    *corpus_flags("reverse", min_length=1, max_length=4, train_size=4000, validation_size=64, test_size=64),
+    "--longer_test_size", "0",
     *new_model_flags(d_model=32, layers=1, num_attention_heads=2, ffn_dim=64),
     "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "64",
     "--learning_rate", "3e-3", "--warmup_steps", "20", "--max_steps", "300", "--eval_steps", "100",

@@ -20,7 +20,7 @@ from transformers import AutoModelForSeq2SeqLM
 from hf_tiny_transformer import TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train import train
 from hf_tiny_transformer_train.model_card import cpu_name
-from tests.train_flags import new_model_flags
+from tests.train_flags import corpus_flags, new_model_flags
 
 TESTS = Path(__file__).resolve().parent
 FULLY_SHARD_SCRIPT = TESTS / "launched" / "train_with_fully_shard.py"
@@ -38,8 +38,7 @@ COMPILE_LOSS_TOLERANCE = 5e-4
 
 # A one-layer model on copies of exactly 4 integers: one input shape, so torch.compile compiles once; 20 steps.
 SHORT_RUN = [
-    "--task", "copy", "--min_length", "4", "--max_length", "4",
-    "--train_size", "640", "--validation_size", "32", "--test_size", "32",
+    *corpus_flags("copy", min_length=4, max_length=4, train_size=640, validation_size=32, test_size=32),
     *new_model_flags(d_model=32, layers=1, num_attention_heads=4, ffn_dim=64),
     "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "32",
     "--max_steps", "20", "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1",
@@ -177,8 +176,8 @@ def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_pro
 
 # 4 steps of a global batch of 2 x 8 on a one-layer model, a checkpoint every 2 steps.
 MULTI_NODE_RUN = [
-    "--task", "copy", "--min_length", "1", "--max_length", "4", "--max_steps", "4",
-    "--train_size", "200", "--validation_size", "20", "--test_size", "20", "--longer_test_size", "0",
+    *corpus_flags("copy", min_length=1, max_length=4, train_size=200, validation_size=20, test_size=20),
+    "--longer_test_size", "0", "--max_steps", "4",
     *new_model_flags(d_model=16, layers=1, num_attention_heads=2, ffn_dim=32),
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--learning_rate", "1e-2",
     "--warmup_steps", "0", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--use_cpu",

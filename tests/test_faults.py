@@ -21,14 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from hf_tiny_transformer_train import train
 from hf_tiny_transformer_train.checkpoints import checkpoint_problem, last_complete_checkpoint
-from tests.train_flags import new_model_flags
+from tests.train_flags import corpus_flags, new_model_flags
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train" / "train.py"
 # 40 steps of batch 16 with dropout, a checkpoint every 5 steps and an evaluation at step 20: the restarted run has
 # to restore the weights, the optimizer, the scheduler, the data order and the dropout RNG to match bitwise.
 FLAGS = [
-    "--task", "copy", "--train_size", "512", "--validation_size", "16", "--test_size", "16",
-    "--min_length", "1", "--max_length", "4",
+    *corpus_flags("copy", min_length=1, max_length=4, train_size=512, validation_size=16, test_size=16),
     *new_model_flags(d_model=16, layers=1, num_attention_heads=2, ffn_dim=32), "--dropout", "0.1",
     "--max_steps", "40", "--save_steps", "5", "--save_total_limit", "3", "--eval_steps", "20", "--logging_steps", "5",
     "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",

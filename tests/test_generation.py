@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from conftest import STEP_SCORES
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 GREEDY = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
 # GREEDY, returning a dict that holds every step's scores.
-GREEDY_WITH_SCORES = dict(**GREEDY, return_dict_in_generate=True, output_scores=True)
+GREEDY_WITH_SCORES = dict(**GREEDY, **STEP_SCORES)
 
 
 @pytest.fixture

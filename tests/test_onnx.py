@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import STEP_SCORES
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
@@ -77,13 +78,7 @@ def exported(request, tmp_path_factory, environment):
 def test_onnx_runtime_greedy_tokens_equal_generate_on_a_padded_batch(exported, side):
     model, folder = exported
     input_ids, attention_mask = padded_batch(side)
-    reference = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=MAX_NEW_TOKENS,
-        return_dict_in_generate=True,
-        output_scores=True,
-    )
+    reference = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW_TOKENS, **STEP_SCORES)
     # Tokens are compared exactly although ONNX Runtime's kernels round differently: every step's best logit wins by
     # far more than float rounding.
     best_two = torch.stack(reference.scores).topk(2, dim=-1).values

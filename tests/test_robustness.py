@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import STEP_LOGITS
 from huggingface_hub.errors import StrictDataclassError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -101,12 +102,7 @@ def test_random_valid_configs_train_and_generate_with_finite_outputs(data, confi
     model.eval()
     max_new_tokens = min(3, limit - 1)
     generated = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
+        input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, **STEP_LOGITS
     )
     assert finite(*generated.logits)
     assert generated.sequences.shape[0] == batch_size and generated.sequences.shape[1] <= 1 + max_new_tokens
@@ -347,9 +343,7 @@ def test_all_padding_rows_give_finite_outputs_and_gradients(implementation, norm
     alone = model(input_ids=input_ids[:1, :6], decoder_input_ids=decoder_input_ids[:1])
     torch.testing.assert_close(output.logits[:1], alone.logits, rtol=1e-5, atol=1e-5)
 
-    generated = model.generate(
-        input_ids, attention_mask=attention_mask, max_new_tokens=3, output_logits=True, return_dict_in_generate=True
-    )
+    generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=3, **STEP_LOGITS)
     assert finite(*generated.logits)
 
 

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import build_tokenizer
-from tests.train_flags import new_model_flags
+from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
@@ -269,8 +269,8 @@ def test_a_save_to_disk_dataset_with_a_given_tokenizer(jsonl_run, tmp_path):
 def test_a_built_in_task_model_fine_tunes_on_a_user_file_with_its_own_tokenizer(tmp_path):
     built_in = tmp_path / "copy-model"
     train.main(
-        [*TINY, "--task", "copy", "--min_length", "1", "--max_length", "3", "--train_size", "2000",
-         "--validation_size", "32", "--test_size", "32", "--max_position_embeddings", "16", "--max_steps", "150",
+        [*TINY, *corpus_flags("copy", min_length=1, max_length=3, train_size=2000, validation_size=32, test_size=32),
+         "--max_position_embeddings", "16", "--max_steps", "150",
          "--eval_steps", "150", "--save_steps", "150", "--learning_rate", "3e-3", "--output_dir", str(built_in)]
     )  # fmt: skip
     pairs = [{"source": f"{a} {b}", "target": f"{a} {b}"} for a in range(0, 100, 7) for b in range(0, 100, 9)]

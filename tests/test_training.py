@@ -18,14 +18,13 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import generate_examples
-from tests.train_flags import new_model_flags
+from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train" / "train.py"
 # Copy of 1-4 integers with a small model: learnt in a few hundred steps, seconds of CPU.
 TINY = [
-    "--task", "copy", "--min_length", "1", "--max_length", "4",
-    "--train_size", "4000", "--validation_size", "64", "--test_size", "128",
+    *corpus_flags("copy", min_length=1, max_length=4, train_size=4000, validation_size=64, test_size=128),
     *new_model_flags(d_model=64, layers=2, num_attention_heads=4, ffn_dim=128),
     "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "128",
     "--learning_rate", "1e-3", "--warmup_steps", "50", "--logging_steps", "10", "--disable_tqdm", "true",
