@@ -44,7 +44,7 @@ def default_workload(task: str | None = None) -> dict:
     """train.py's defaults for `task` (None: its default task): the new model's config, the per-process batch, the
     longest source and target (each + </s>; the decoder sees the start token and the target) and the precision."""
     from hf_tiny_transformer_train.arguments import new_model_config, parse_arguments
-    from hf_tiny_transformer_train.data import build_tokenizer, source_length, target_length
+    from hf_tiny_transformer_train.data import build_tokenizer, target_length
 
     model_args, data_args, training_args = parse_arguments([] if task is None else ["--task", task])
     config = new_model_config(model_args, build_tokenizer())
@@ -52,7 +52,7 @@ def default_workload(task: str | None = None) -> dict:
         "task": data_args.task,
         "config": config.to_dict(),
         "batch": training_args.per_device_train_batch_size,
-        "source_length": source_length(data_args.task, data_args.max_length) + 1,
+        "source_length": data_args.max_length + 1,  # words (add: columns) and </s>
         "target_length": target_length(data_args.task, data_args.max_length) + 1,
         "learning_rate": training_args.learning_rate,
         "weight_decay": training_args.weight_decay,

@@ -21,7 +21,7 @@ from transformers import AutoConfig, HfArgumentParser, PreTrainedTokenizerBase, 
 
 from hf_tiny_transformer import TinyTransformerConfig
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
-from hf_tiny_transformer_train.data import TASKS, build_tokenizer, source_length, target_length
+from hf_tiny_transformer_train.data import TASKS, build_tokenizer, longest_sequence
 from hf_tiny_transformer_train.tokenizer_training import MIN_VOCAB_SIZE, TOKENIZER_TYPES
 from hf_tiny_transformer_train.typed_inputs import SEQUENCE_TASKS
 from hf_tiny_transformer_train.user_data import check_data_file
@@ -504,10 +504,7 @@ def check_synthetic_data_arguments(
             f"--max_length ({data_args.max_length}) must be at least --min_length ({data_args.min_length})"
         )
     max_positions = model_max_positions(model_args)
-    # The longest source gets </s>; the longest decoder input is the start token plus the target.
-    longest = 1 + max(
-        source_length(data_args.task, data_args.max_length), target_length(data_args.task, data_args.max_length)
-    )
+    longest = longest_sequence(data_args.task, data_args.max_length)
     if max_positions is not None and longest > max_positions:
         raise ValueError(
             f"--max_length {data_args.max_length} gives {data_args.task} sequences of {longest} tokens, more than the "

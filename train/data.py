@@ -43,7 +43,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 TASKS = ("copy", "reverse", "sort", "add")
 SPLITS = ("train", "validation", "test")
 NUM_VALUES = 100  # sequence elements are the integers 0..NUM_VALUES-1
-PLUS = "+"  # no corpus writes it since add's sources are columns (CORPUS_VERSION 6); kept so that every id stays
+PLUS = "+"  # no corpus writes it since add's sources are columns (CORPUS_VERSION 6); kept so no other id moves
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCABULARY = (PAD, BOS, EOS, UNK, PLUS, *(str(value) for value in range(NUM_VALUES)))
 # Bump when generate_examples changes, so that corpora cached by an older version are not reused.
@@ -67,9 +67,10 @@ def target_length(task: str, max_length: int) -> int:
     return max_length + 1 if task == "add" else max_length
 
 
-def source_length(task: str, max_length: int) -> int:
-    """Most words a source of `task` can have: for `add`, one per column of `max_length`-digit operands."""
-    return max_length
+def longest_sequence(task: str, max_length: int) -> int:
+    """Most tokens a sequence of `task` gets, the model's positions to cover: a source of `max_length` words (for
+    `add`, columns) with </s>, or a target with the decoder's start token; no target is shorter than its source."""
+    return target_length(task, max_length) + 1
 
 
 def sum_columns(first: int, second: int) -> str:

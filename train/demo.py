@@ -76,7 +76,7 @@ def read_source(task: TrainedTask, text: str, most_words: int) -> str:
     digit) written as the corpus writes `task`'s sources, in at most `most_words` words. Raises ValueError with a
     message for the page where the model cannot read it."""
     if task.name == "add":
-        return read_sum(task, text, most_words)
+        return read_sum(text, most_words)
     words = text.replace(",", " ").split()
     if not words:
         raise ValueError(f"Type some integers 0-{NUM_VALUES - 1} separated by spaces, e.g. {EXAMPLES[task.name][0]}.")
@@ -94,7 +94,7 @@ def read_source(task: TrainedTask, text: str, most_words: int) -> str:
     return " ".join(str(int(word)) for word in words)
 
 
-def read_sum(task: TrainedTask, text: str, most_words: int) -> str:
+def read_sum(text: str, most_words: int) -> str:
     """`text` as two numbers around `+` (each whole, `407`, or digit by digit, `4 0 7`), written as the corpus writes an
     add source: one word per column of the sum, least significant first (`data.sum_columns`: `75 9 40`)."""
     words = text.replace(PLUS, f" {PLUS} ").split()

@@ -62,7 +62,7 @@ from hf_tiny_transformer_train.data import (
     curriculum_step_count,
     input_lengths,
     length_curriculum,
-    source_length,
+    longest_sequence,
     target_length,
     tokenize_corpus,
 )
@@ -237,10 +237,7 @@ def longer_test_max_length(task: str, max_length: int, max_positions: int | None
     """The longest sources of the longer test: twice the training's, or as long as the model's positions allow
     (None where they allow nothing longer than training)."""
     longest = 2 * max_length
-    while (
-        max_positions is not None
-        and 1 + max(source_length(task, longest), target_length(task, longest)) > max_positions
-    ):
+    while max_positions is not None and longest_sequence(task, longest) > max_positions:
         longest -= 1
     return longest if longest > max_length else None
 
