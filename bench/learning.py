@@ -19,9 +19,7 @@ prints tables and writes JSON; it never asserts.
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
-from bench.common import MODEL_NAMES, REPOSITORY, Report, build_model, make_optimizer, text_table
+from bench.common import MODEL_NAMES, Report, build_model, make_optimizer, run_train_script, text_table
 from hf_tiny_transformer_train import data
 from hf_tiny_transformer_train.arguments import (
     DEFAULT_TASK,
@@ -46,7 +44,6 @@ from hf_tiny_transformer_train.evaluation import teacher_forced_exact_match
 from hf_tiny_transformer_train.metrics import sequence_metrics
 from hf_tiny_transformer_train.typed_inputs import FAMILIES, SEQUENCE_TASKS, build_typed_inputs
 
-TRAIN_SCRIPT = REPOSITORY / "train" / "train.py"
 TASKS = SEQUENCE_TASKS
 
 
@@ -58,20 +55,15 @@ def median_or_never(values: list[float | None]) -> float | None:
 
 # ---------------------------------------------------------------------------------------- whole commands (train.py)
 def run_command(flags: list[str], seed: int) -> dict:
-    """`python train/train.py FLAGS --seed SEED` in a fresh process, caches and output folder; its wall time and
-    the figures it wrote."""
+    """`python train/train.py FLAGS --seed SEED` in a fresh process, caches and output folder (bench.common's
+    run_train_script); its wall time and the figures it wrote, or the end of its output where it failed."""
     with tempfile.TemporaryDirectory(prefix="learning-") as scratch:
         scratch = Path(scratch)
-        environment = {**os.environ, "HF_HOME": str(scratch / "hf"), "HF_DATASETS_CACHE": str(scratch / "datasets"),
-                       "HF_HUB_OFFLINE": "1"}  # fmt: skip
-        command = [sys.executable, str(TRAIN_SCRIPT), *flags, "--seed", str(seed), "--output_dir", str(scratch / "out"),
-                   "--disable_tqdm", "true"]  # fmt: skip
-        start = time.perf_counter()
-        completed = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - start
-        if completed.returncode != 0:
-            return {"flags": flags, "seed": seed, "wall_s": wall, "error": completed.stderr[-2000:]}
-        results = json.loads((scratch / "out" / "all_results.json").read_text())
+        try:
+            run = run_train_script([*flags, "--seed", str(seed)], scratch / "out", scratch)
+        except RuntimeError as error:
+            return {"flags": flags, "seed": seed, "error": str(error)[-2000:]}
+        wall, results = run["wall_s"], run["results"]
         state = json.loads((scratch / "out" / "trainer_state.json").read_text())
     return {
         "flags": flags,
