@@ -165,6 +165,9 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
         "evaluations during training generated instead of teacher-forced": [
             "--metric_for_best_model", "eval_token_accuracy",  # a metric of generated tokens: evaluation.py generates
         ],
+        "position-bias tables at the learning rate (scale 1 instead of 10)": [
+            "--position_bias_learning_rate_scale", "1",
+        ],
     }  # fmt: skip
 
 

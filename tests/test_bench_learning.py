@@ -51,8 +51,8 @@ def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_
         learning.main(["ablation", "--tasks", "copy"])
     assert stopped.value.code == 2
     assert "the ablation covers reverse (the default task) and sort, not 'copy'" in capsys.readouterr().err
-    for variants in ("0", "10", "two"):  # reverse has 9 variants after its recipe
+    for variants in ("0", "11", "two"):  # reverse has 10 variants after its recipe
         with pytest.raises(SystemExit) as stopped:
             learning.main(["ablation", "--variants", variants])
         assert stopped.value.code == 2
-        assert f"--variants: {variants!r} is not a place of reverse's variants, 1-9" in capsys.readouterr().err
+        assert f"--variants: {variants!r} is not a place of reverse's variants, 1-10" in capsys.readouterr().err

@@ -6,7 +6,8 @@ or your own file with `--recipe`); the flags on the command line override its va
 The dataclass it is in says what it describes where that rules it out elsewhere: the size of a new model
 (NewModelArguments) means nothing for a checkpoint, which brings its own; the synthetic corpus's flags
 (SyntheticDataArguments) nothing for your own data. `HfArgumentParser` reads the three classes of
-transformers' example scripts: ModelArguments, DataArguments (which hold those groups) and Seq2SeqTrainingArguments.
+transformers' example scripts: ModelArguments, DataArguments (which hold those groups) and TrainingArguments
+(Seq2SeqTrainingArguments with the one optimizer setting they lack).
 """
 
 import argparse
@@ -307,7 +308,21 @@ class DataArguments(SyntheticDataArguments, UserDataArguments):
     recipe_overrides: dict = field(default_factory=dict, init=False)
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, Seq2SeqTrainingArguments)
+@dataclass
+class TrainingArguments(Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments, and the learning rate of the relative position biases (train/trainer.py)."""
+
+    position_bias_learning_rate_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning rate of the relative position-bias tables, as a multiple of --learning_rate (the "
+            "built-in tasks' recipes: 10). Adam moves each weight by about the learning rate per step, and a table "
+            "must reach biases of several units before a head attends to one distance alone. Relative positions only."
+        },
+    )
+
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, TrainingArguments)
 
 
 def flag_names(*groups: type) -> list[str]:
@@ -415,7 +430,7 @@ def default_output_dir(values: dict) -> str:
     return f"outputs/tiny-transformer-{name}"
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """The recipe's values overridden by the flags in `argv`, checked; a value that cannot work stops the program as
     argparse does (one line, exit status 2)."""
     parser = HfArgumentParser(ARGUMENT_TYPES)
@@ -465,6 +480,7 @@ def check_arguments(
             raise ValueError(f"--{name} must be at least 1; got {getattr(training_args, name)}")
     if not training_args.learning_rate > 0:
         raise ValueError(f"--learning_rate must be positive; got {training_args.learning_rate}")
+    check_position_bias_learning_rate(model_args, data_args, training_args)
     for name, strategy in (("save_steps", training_args.save_strategy), ("eval_steps", training_args.eval_strategy)):
         steps = getattr(training_args, name)
         if getattr(strategy, "value", strategy) == "steps" and steps is not None and not steps > 0:
@@ -534,6 +550,27 @@ def check_synthetic_data_arguments(
                 f"{', '.join(given)} apply to sequences of integers ({', '.join(SEQUENCE_TASKS)}), "
                 f"not to --task {data_args.task}"
             )
+
+
+def check_position_bias_learning_rate(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> None:
+    """The scale must be positive; set on the command line to a value other than the recipe's, it must have tables
+    to act on (the recipe's own value is inert for a model without them, as it is for LoRA, which trains none)."""
+    scale = training_args.position_bias_learning_rate_scale
+    if not scale > 0:
+        raise ValueError(f"--position_bias_learning_rate_scale must be positive; got {scale}")
+    if "position_bias_learning_rate_scale" not in data_args.recipe_overrides:
+        return
+    if model_args.model_name_or_path is not None:
+        scheme = getattr(checkpoint_config(model_args), "position_embedding_type", None)
+    else:
+        scheme = model_args.position_embedding_type or TinyTransformerConfig().position_embedding_type
+    if scheme != "relative":
+        raise ValueError(
+            f"--position_bias_learning_rate_scale acts on relative position biases; this model's "
+            f"position_embedding_type is {scheme!r} (pass --position_embedding_type relative, or leave the flag out)"
+        )
 
 
 def check_early_stopping(data_args: DataArguments, training_args: Seq2SeqTrainingArguments) -> None:

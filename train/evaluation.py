@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+from hf_tiny_transformer_train.trainer import TinyTransformerTrainer
+
 
 def teacher_forced_exact_match(predicted_ids: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """`exact_match`: the share of rows whose most likely token equals the label at every position the label holds
@@ -31,8 +33,8 @@ def evaluates_teacher_forced(training_args: Seq2SeqTrainingArguments, on_text: b
     return training_args.predict_with_generate and not on_text and metric in ("loss", "exact_match")
 
 
-class TeacherForcedEvaluationTrainer(Seq2SeqTrainer):
-    """A `Seq2SeqTrainer` whose evaluations inside `train()` score exact match on a teacher-forced forward
+class TeacherForcedEvaluationTrainer(TinyTransformerTrainer):
+    """A `TinyTransformerTrainer` whose evaluations inside `train()` score exact match on a teacher-forced forward
     (`teacher_forced_exact_match`); every other call (`evaluate()` or `predict()` after training) generates, as
     `Seq2SeqTrainer` does with `predict_with_generate`, and scores with `compute_generation_metrics`."""
 

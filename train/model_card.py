@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTraini
 
 from hf_tiny_transformer_train.arguments import RECIPES, DataArguments, ModelArguments, NewModelArguments, flag_names
 from hf_tiny_transformer_train.data import sum_columns, sum_digits
+from hf_tiny_transformer_train.trainer import position_bias_parameters
 from hf_tiny_transformer_train.typed_inputs import FAMILY_DESCRIPTIONS
 from hf_tiny_transformer_train.user_data import UserData
 
@@ -496,7 +497,11 @@ def stop_lines(data_args: DataArguments, training_args: Seq2SeqTrainingArguments
 
 
 def training_section(
-    data: DataDescription, data_args: DataArguments, training_args: Seq2SeqTrainingArguments, run: RunRecord
+    data: DataDescription,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    run: RunRecord,
+    model: PreTrainedModel,
 ) -> str:
     command = "python train/train.py" + ("" if not run.argv else " " + shlex.join(run.argv))
     if training_args.world_size > 1:
@@ -515,6 +520,15 @@ def training_section(
     lines = stop_lines(data_args, training_args, run.trainer_state)
     if lines:
         steps = f"at most {steps}"
+    bias_scale = getattr(training_args, "position_bias_learning_rate_scale", 1.0)
+    if bias_scale != 1 and position_bias_parameters(model):
+        lines.insert(
+            0,
+            f"- The relative position-bias tables learn at {bias_scale:g} times that rate: Adam moves each weight by "
+            "about the learning rate per step, and a head attends to one distance alone only once its table's "
+            "entry for that distance exceeds the others by several units (reverse: 300 steps to 99.9% validation "
+            "exact match instead of 1,500).",
+        )
     if run.curriculum_steps:
         lines.append(
             f"- Length curriculum: during the first {run.curriculum_steps} steps, three quarters of each batch are "
@@ -581,7 +595,7 @@ A TinyTransformer encoder-decoder that {data.what_it_does}, {started_from} on {d
         results_section(metrics, measured, data_args, run, describe_hardware(training_args)),
         typed_inputs_section(metrics, data_args, run.longer_max_length),
         usage_section(run.hub_repo_id or str(Path(training_args.output_dir)), data, samples, predictions),
-        training_section(data, data_args, training_args, run),
+        training_section(data, data_args, training_args, run, model),
         attention_section(run.attention_example),
         f"## Intended use and limitations\n\n{data.limitations}",
     ]

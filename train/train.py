@@ -71,6 +71,7 @@ from hf_tiny_transformer_train.metrics import generation_metrics
 from hf_tiny_transformer_train.model_card import RunRecord, plot_cross_attention, plot_training_curves, write_model_card
 from hf_tiny_transformer_train.openmp import restart_with_wait_policy
 from hf_tiny_transformer_train.tokenizer_training import check_tokenizer, train_tokenizer
+from hf_tiny_transformer_train.trainer import TinyTransformerTrainer
 from hf_tiny_transformer_train.typed_inputs import build_typed_inputs
 from hf_tiny_transformer_train.user_data import (
     UserData,
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         )
     else:
         compute_metrics = compute_generation_metrics if training_args.predict_with_generate else None
-        trainer = Seq2SeqTrainer(**trainer_kwargs, compute_metrics=compute_metrics)
+        trainer = TinyTransformerTrainer(**trainer_kwargs, compute_metrics=compute_metrics)
 
     all_metrics = {}
     if training_args.do_train:
