@@ -109,12 +109,17 @@ def describe_summary(summary: dict) -> tuple[str, str, str, str]:
     )
 
 
-def benchmark_commands(tasks: list[str], seeds: list[int]) -> tuple[dict, str]:
-    report = {task: summarize_runs([run_command(["--task", task], seed) for seed in seeds]) for task in tasks}
+# `commands --precision`: the flags that force a precision (the recipe's choice where not forced).
+PRECISION_FLAGS = {"recipe": [], "fp32": ["--bf16", "false"], "bf16": ["--bf16", "true"]}
+
+
+def benchmark_commands(tasks: list[str], seeds: list[int], precision: str = "recipe") -> tuple[dict, str]:
+    flags = {task: ["--task", task, *PRECISION_FLAGS[precision]] for task in tasks}
+    report = {task: summarize_runs([run_command(flags[task], seed) for seed in seeds]) for task in tasks}
     rows = [("command", "wall time, median (min-max)", "steps", "lowest test exact match", "seeds >= 99%")]
     family_rows = [("command, lengths", *FAMILIES)]
     for task, summary in report.items():
-        rows.append((f"python train/train.py --task {task}", *describe_summary(summary)))
+        rows.append((f"python train/train.py {' '.join(flags[task])}", *describe_summary(summary)))
         finished = [run for run in summary["runs"] if "error" not in run]
         for prefix, lengths in (("test_family", "training lengths"), ("longer_test_family", "longer test")):
             cells = [[run["typed_inputs"].get(f"{prefix}_{family}") for run in finished] for family in FAMILIES]
@@ -477,6 +482,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--variants", help="ablation: comma-separated places of the variants to run (1 = the first after the recipe)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISION_FLAGS),
+        default="recipe",
+        help="commands: force float32 or bf16 (--bf16 false / true) instead of the recipe's choice",
+    )
     parser.add_argument("--smoke", action="store_true", help="length: a tiny model, a few steps (checks the script)")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
@@ -497,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     report = Report(args.section)
     if args.section == "commands":
-        report["commands"], table = benchmark_commands(tasks, seeds)
+        report["commands"], table = benchmark_commands(tasks, seeds, args.precision)
     elif args.section == "ablation":
         only = [int(place) for place in args.variants.split(",")] if args.variants else None
         ablations = {task: benchmark_ablation(task, seeds, only) for task in tasks}

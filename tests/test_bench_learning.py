@@ -56,3 +56,26 @@ def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_
             learning.main(["ablation", "--variants", variants])
         assert stopped.value.code == 2
         assert f"--variants: {variants!r} is not a place of reverse's variants, 1-10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "precision, forced", [("recipe", []), ("fp32", ["--bf16", "false"]), ("bf16", ["--bf16", "true"])]
+)
+def test_commands_force_the_precision_asked_for_in_every_run_and_label_the_rows_with_it(
+    bench, monkeypatch, precision, forced
+):
+    learning = bench("learning")
+    started = []
+
+    def run_command(flags, seed):  # train.py's run itself is not what this checks
+        started.append((flags, seed))
+        return {"flags": flags, "seed": seed, "wall_s": 1.0, "train_s": 1.0, "steps": 10, "test_exact_match": 1.0,
+                "longer_test_exact_match": 1.0, "typed_inputs": {}}  # fmt: skip
+
+    monkeypatch.setattr(learning, "run_command", run_command)
+    report, table = learning.benchmark_commands(["copy", "sort"], [1, 2], precision)
+    assert started == [(["--task", task, *forced], seed) for task in ("copy", "sort") for seed in (1, 2)]
+    assert set(report) == {"copy", "sort"}
+    for task in ("copy", "sort"):
+        train.parse_arguments(["--task", task, *forced])  # flags train.py accepts for every task
+        assert " ".join(["python train/train.py --task", task, *forced]) in table
