@@ -3,6 +3,7 @@
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForSeq2SeqLM
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
@@ -39,6 +40,27 @@ def test_outputs_have_expected_types_and_shapes(make_model, batch):
     base = model.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=labels)
     assert isinstance(base, Seq2SeqModelOutput)
     assert base.last_hidden_state.shape == (3, 4, 32)
+
+
+def test_head_outputs_are_the_base_models_fields_and_its_logits(make_model, batch):
+    """The head builds its output from the encoder's and the decoder's (`encode_and_decode`), not from the base
+    model's output: every field must still be the base model's, and the caller's cache comes back."""
+    model = make_model(attn_implementation="eager")
+    input_ids, attention_mask = batch(40, [7, 5])
+    decoder_input_ids = torch.randint(3, 40, (2, 4))
+    outputs = {}
+    for name, forward in (("head", model), ("base", model.model)):
+        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        outputs[name] = forward(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, cache=cache,
+            use_cache=True, output_attentions=True, output_hidden_states=True,
+        )  # fmt: skip
+        assert getattr(outputs[name], modeling.CACHE_FIELD) is cache
+    head, base = outputs["head"], outputs["base"]
+    assert set(head.keys()) == set(base.keys()) - {"last_hidden_state"} | {"logits"}
+    torch.testing.assert_close(head.logits, model.lm_head(base.last_hidden_state), rtol=0, atol=0)
+    for name in base.keys() - {"last_hidden_state", modeling.CACHE_FIELD}:  # states and attentions, tuples or tensors
+        torch.testing.assert_close(head[name], base[name], rtol=0, atol=0)
 
 
 def test_return_dict_false_gives_tuples_starting_with_loss(make_model, batch):
