@@ -24,6 +24,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of the benchmark models
 FIRST_ORDINARY_ID = 5  # random inputs draw ids from [5, vocab_size): no special token, no "+"
 MODEL_NAMES = ("ours", "bart")
+# What `alternate` reads: wall time, or this process's CPU time (all its threads). On a machine shared with other jobs
+# a 1-thread run's CPU time leaves out the time another process held the core, which wall time counts; it still
+# includes what sharing costs the run itself (caches, memory bandwidth). On a GPU only wall time means anything.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def build_model(
@@ -82,13 +86,17 @@ def alternate(
     repeats: int,
     synchronize: Callable[[], None] = lambda: None,
     warmup: int = 1,
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Seconds per call of each function over `repeats` rounds, after `warmup` untimed calls of each.
 
     Round r calls the functions in their order when r is even and in reverse order when r is odd (A B, B A, ...), so
     that a slow spell of the machine, or a cache warmed by the previous call, does not always favour the same one.
-    `synchronize` waits for queued device work (CUDA) before each clock reading.
+    `synchronize` waits for queued device work (CUDA) before each clock reading; `clock` is a key of `CLOCKS`.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}; got {clock!r}")
+    read_clock = CLOCKS[clock]
     for function in functions.values():
         for _ in range(warmup):
             function()
@@ -97,10 +105,10 @@ def alternate(
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             synchronize()
-            start = time.perf_counter()
+            start = read_clock()
             functions[name]()
             synchronize()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(read_clock() - start)
     return seconds
 
 

@@ -160,7 +160,9 @@ def training_step_function(model, device: Device, inputs: dict, optimizer: torch
     return step
 
 
-def benchmark_training(size: Size, device: Device, peak: float, repeats: int, batch=32, length=64) -> dict:
+def benchmark_training(
+    size: Size, device: Device, peak: float, repeats: int, batch=32, length=64, clock: str = "wall"
+) -> dict:
     models = build_models(size, device)
     source = random_ids(batch, length, size.vocab_size, device, seed=1)
     inputs = {
@@ -172,7 +174,7 @@ def benchmark_training(size: Size, device: Device, peak: float, repeats: int, ba
     for name, model in models.items():
         model.train()
         steps[name] = training_step_function(model, device, inputs, make_optimizer(model))
-    seconds = alternate(steps, repeats, lambda: synchronize(device))
+    seconds = alternate(steps, repeats, lambda: synchronize(device), clock=clock)
     flops = training_flops_per_step(size, batch, length, length)
     result = {"size": size.name, "batch": batch, "source_length": length, "target_length": length}
     for name in MODEL_NAMES:
@@ -223,7 +225,13 @@ def prepare_for_generation(models: dict, device: Device) -> None:
 
 
 def benchmark_generation(
-    size: Size, device: Device, cases: list[tuple[int, int]], repeats: int, new_tokens=128, length=64
+    size: Size,
+    device: Device,
+    cases: list[tuple[int, int]],
+    repeats: int,
+    new_tokens=128,
+    length=64,
+    clock: str = "wall",
 ) -> list[dict]:
     """tokens/s for each (batch, num_beams) case; tokens = batch x new tokens (beams are not counted)."""
     models = build_models(size, device)
@@ -233,7 +241,7 @@ def benchmark_generation(
         source = random_ids(batch, length, size.vocab_size, device, seed=3)
         config = generation_config(new_tokens, num_beams)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
-        seconds = alternate(runs, repeats, lambda: synchronize(device))
+        seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
         for name in MODEL_NAMES:
             tokens_per_s = batch * new_tokens / statistics.median(seconds[name])
@@ -243,7 +251,9 @@ def benchmark_generation(
     return results
 
 
-def benchmark_per_token_time(size: Size, device: Device, batch: int, repeats: int, length=64) -> dict:
+def benchmark_per_token_time(
+    size: Size, device: Device, batch: int, repeats: int, length=64, clock: str = "wall"
+) -> dict:
     """Seconds per generated token (greedy, cached) at 32 and 256 new tokens; a cache keeps the ratio near 1."""
     models = build_models(size, device)
     prepare_for_generation(models, device)
@@ -253,7 +263,7 @@ def benchmark_per_token_time(size: Size, device: Device, batch: int, repeats: in
     for new_tokens in (32, 256):
         config = generation_config(new_tokens, num_beams=1)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
-        seconds = alternate(runs, repeats, lambda: synchronize(device))
+        seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         for name in MODEL_NAMES:
             per_token[name, new_tokens] = statistics.median(seconds[name]) / new_tokens
     for name in MODEL_NAMES:
@@ -394,6 +404,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="time each run by the wall clock (default) or by this process's CPU time, which on a shared machine "
+        "leaves out the time other jobs held the core (use with --threads 1; CPU only)",
+    )
+    parser.add_argument(
         "--attn_implementation",
         choices=["sdpa", "eager", "flash_attention_2"],
         help="attention of both models (default: flash_attention_2 on CUDA where flash_attn is installed, else sdpa)",
@@ -406,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device == "cuda":
+        parser.error("--clock cpu times CPU work only; CUDA runs need the wall clock")
     sections = set(args.sections.split(","))
     unknown = sections - {"training", "generation", "memory"}
     if unknown:
@@ -435,23 +454,29 @@ def main(argv: list[str] | None = None) -> dict:
             progress(f"training, {size.name}")
             repeats = 1 if args.smoke else 5 if quick else (9 if size is SMALL else 4)
             peak = report["matmul_peak"]["flops_per_s"]
-            report["training"].append(benchmark_training(size, device, peak, repeats, **training_shape))
+            report["training"].append(
+                benchmark_training(size, device, peak, repeats, **training_shape, clock=args.clock)
+            )
     if "generation" in sections:
         report["generation"], report["per_token"] = [], []
         for size in sizes:
             progress(f"generation, {size.name}")
             cases = [(1, 1), (32, 1), (1, 4), (32, 4)] if size is not MEDIUM else [(1, 1), (32, 1)]
             repeats = 1 if args.smoke else 3 if quick or size is MEDIUM else 11
-            report["generation"] += benchmark_generation(size, device, cases, repeats, **generation_shape)
+            report["generation"] += benchmark_generation(
+                size, device, cases, repeats, **generation_shape, clock=args.clock
+            )
         progress("per-token time at 32 and 256 tokens")
         repeats = 1 if args.smoke else 3 if quick else 9
-        report["per_token"].append(benchmark_per_token_time(sizes[0], device, batch=1, repeats=repeats))
+        report["per_token"].append(
+            benchmark_per_token_time(sizes[0], device, batch=1, repeats=repeats, clock=args.clock)
+        )
     if "memory" in sections:
         progress("peak memory (one fresh process per model and workload)")
         workloads = [{"workload": "train", "size": size.name} for size in sizes]
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
-    workload = f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}"
+    workload = f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}, {args.clock} clock"
     report.finish(format_table(report), workload, args.output)
     return report
 
