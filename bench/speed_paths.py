@@ -8,7 +8,10 @@ speed path and with the plain code it replaces, on the same model and inputs, th
 medians and their ratio (plain / ours: above 1 means the speed path pays). The plain variants:
 - `F.dropout` instead of the 16-bit CPU dropout (`apply_dropout`);
 - transformers' general `prepare_inputs_for_generation` instead of `lean_generation_inputs`;
-- SDPA's own bf16 backward instead of the eager attention for bf16 training on a CPU (`sdpa_backward_is_slow`).
+- SDPA's own bf16 backward instead of the eager attention for bf16 training on a CPU (`sdpa_backward_is_slow`);
+- with a static cache (`cache_implementation="static"`), transformers' general `prepare_inputs_for_generation`, whose
+  4-D mask over the cache's whole buffer makes every step attend to all of it, instead of the lean inputs, with which
+  each eager step attends to the written slots only (`written_slots`).
 """
 
 import argparse
@@ -66,11 +69,11 @@ def training_step(model, batch: int, length: int, bf16: bool = False):
     return step
 
 
-def generation(model, batch: int, length: int, new_tokens: int):
+def generation(model, batch: int, length: int, new_tokens: int, cache_implementation: str | None = None):
     source = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
     config = GenerationConfig(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, decoder_start_token_id=1,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, cache_implementation=cache_implementation,
     )  # fmt: skip
     model.eval()
 
@@ -81,8 +84,8 @@ def generation(model, batch: int, length: int, new_tokens: int):
     return run
 
 
-def compare(title: str, ours: Callable, plain: Callable, repeats: int) -> dict:
-    seconds = alternate({"ours": ours, "plain": plain}, repeats)
+def compare(title: str, ours: Callable, plain: Callable, repeats: int, clock: str = "wall") -> dict:
+    seconds = alternate({"ours": ours, "plain": plain}, repeats, clock=clock)
     ratio = statistics.median(p / o for o, p in zip(seconds["ours"], seconds["plain"]))
     medians = {name: statistics.median(values) * 1e3 for name, values in seconds.items()}
     print(f"{title:62s} ours {medians['ours']:8.2f} ms   plain {medians['plain']:8.2f} ms   plain/ours {ratio:5.2f}x")
@@ -93,6 +96,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall clock, or this process's CPU time (shared machines)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny model and short inputs: checks the script runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sizes = SMOKE if args.smoke else SMALL
     batch, length, new_tokens = (2, 6, 4) if args.smoke else (32, 64, 128)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), "
-          f"medians of {args.repeats} alternating runs; d_model {sizes['d_model']}, {sizes['encoder_layers']}+"
+          f"medians of {args.repeats} alternating runs ({args.clock} clock); d_model {sizes['d_model']}, {sizes['encoder_layers']}+"
           f"{sizes['decoder_layers']} layers")  # fmt: skip
     torch.manual_seed(0)
     model = TinyTransformerForConditionalGeneration(TinyTransformerConfig(**sizes, dropout=0.1))
@@ -109,19 +118,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     step = training_step(model, batch, length)
     rows.append(compare(
         f"CPU dropout: training step, dropout 0.1, b{batch} {length}+{length}",
-        step, Patched(step, {(modeling, "apply_dropout"): plain_dropout}), args.repeats,
+        step, Patched(step, {(modeling, "apply_dropout"): plain_dropout}), args.repeats, args.clock,
     ))  # fmt: skip
     bf16_step = training_step(model, batch, length, bf16=True)
     rows.append(compare(
         f"eager attention for bf16 on CPU: training step, --bf16, b{batch} {length}+{length}",
-        bf16_step, Patched(bf16_step, {(modeling, "sdpa_backward_is_slow"): lambda query: False}), args.repeats,
+        bf16_step, Patched(bf16_step, {(modeling, "sdpa_backward_is_slow"): lambda query: False}), args.repeats, args.clock,
     ))  # fmt: skip
+    general = GenerationMixin.prepare_inputs_for_generation
     for generate_batch in (1, batch):
         run = generation(model, generate_batch, length, new_tokens)
-        general = GenerationMixin.prepare_inputs_for_generation
         rows.append(compare(
             f"lean step inputs: greedy, b{generate_batch}, {new_tokens} tokens",
-            run, Patched(run, {(type(model), "prepare_inputs_for_generation"): general}), args.repeats,
+            run, Patched(run, {(type(model), "prepare_inputs_for_generation"): general}), args.repeats, args.clock,
+        ))  # fmt: skip
+    for generate_batch in (1, batch):
+        run = generation(model, generate_batch, length, new_tokens, cache_implementation="static")
+        rows.append(compare(
+            f"static cache, written slots only: greedy, b{generate_batch}, {new_tokens} tokens",
+            run, Patched(run, {(type(model), "prepare_inputs_for_generation"): general}), args.repeats, args.clock,
         ))  # fmt: skip
     return rows
 

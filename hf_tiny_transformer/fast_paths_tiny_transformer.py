@@ -3,6 +3,7 @@
 Each one stays only while `bench/speed_paths.py` shows that it pays (figures in bench/README.md):
 - `apply_dropout`: CPU dropout from 16-bit random draws, keeping a boolean mask for the backward;
 - `lean_generation_inputs`: generate()'s per-step inputs for the common case, without the general machinery;
+- `written_slots`: an eager decoding step with a static cache attends to the written slots of its buffers only;
 - `sdpa_backward_is_slow`: bf16 training on a CPU takes the eager attention, whose backward is faster there.
 
 This file is copied next to the weights by `save_pretrained` (the model file imports it), so it imports only torch
@@ -11,6 +12,7 @@ and transformers.
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import CacheLayerMixin, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
 # Keyword arguments generate() keeps between decoding steps that the forward does not take (as in transformers'
@@ -69,9 +71,10 @@ def lean_generation_inputs(
     """The forward inputs of one decoding step of an encoder-decoder model with a dynamic cache (or none), given
     generate()'s `model_kwargs`: the new decoder tokens, the encoder's mask, and the kwargs the forward takes.
 
-    transformers' general `prepare_inputs_for_generation` also handles decoder-only models, input embeddings, static
-    caches (for which it builds 4-D masks), device moves and remote code that still expects `cache_position`; none of
-    that applies here, so the inputs pass through.
+    transformers' general `prepare_inputs_for_generation` also handles decoder-only models, input embeddings, device
+    moves and remote code that still expects `cache_position`, none of which applies here, and builds a 4-D mask over
+    a static cache's whole buffer at every step, which the decoder builds itself where it needs one (compiled graphs)
+    and otherwise does without (`written_slots`). So the inputs pass through.
     """
     model_inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_KWARGS_NOT_FOR_FORWARD}
     if next_sequence_length is not None:
@@ -79,3 +82,26 @@ def lean_generation_inputs(
     model_inputs["decoder_input_ids"] = input_ids
     model_inputs["attention_mask"] = attention_mask  # the encoder's: cross-attention keeps masking its padding
     return model_inputs
+
+
+def written_slots(
+    layer: CacheLayerMixin, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values a decoding step attends to, given what a self-attention cache layer's `update` returned.
+
+    A static layer returns its whole buffers, [batch, heads, max_cache_len, head_dim], slots not written yet included
+    (zeros); a compiled graph keeps those fixed shapes and masks the empty slots. An eager step needs neither: when
+    the decoder built no mask for it (one query, no padding: `causal_mask`), or a relative position bias over the
+    written keys only, it attends to views of the written slots, so that the attention reads a growing prefix of the
+    buffers instead of all of them behind a mask built at every step. Dynamic layers hold only what was written and
+    pass through, as do masks over the whole buffer and masks that are not tensors (flex's `BlockMask`).
+    """
+    if not isinstance(layer, StaticLayer) or layer.is_sliding or is_torchdynamo_compiling():
+        return key, value
+    if attention_mask is None:
+        length = int(layer.get_seq_length())
+    elif isinstance(attention_mask, torch.Tensor):
+        length = attention_mask.shape[-1]  # the bias's keys, or the whole buffer (then nothing is cut)
+    else:
+        return key, value
+    return key[:, :, :length], value[:, :, :length]

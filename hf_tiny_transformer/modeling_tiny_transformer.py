@@ -58,7 +58,7 @@ from .absolute_positions_tiny_transformer import (
 )
 from .checkpoint_checks_tiny_transformer import load_checked
 from .configuration_tiny_transformer import TinyTransformerConfig
-from .fast_paths_tiny_transformer import apply_dropout, lean_generation_inputs, sdpa_backward_is_slow
+from .fast_paths_tiny_transformer import apply_dropout, lean_generation_inputs, sdpa_backward_is_slow, written_slots
 from .input_checks_tiny_transformer import (
     check_attention_mask,
     check_encoder_states,
@@ -147,9 +147,11 @@ def causal_mask(
 ) -> torch.Tensor | None:
     """The mask of the decoder's causal self-attention, given its [batch, key] padding mask (or a ready 4-D one)."""
     self_attention_cache = cache.self_attention_cache if cache is not None else None
-    if attention_mask is None and inputs_embeds.shape[1] == 1 and not (cache is not None and cache.is_compileable):
-        # A cached decoding step: its one query, at the last position, may attend to every key a dynamic cache holds
-        # (a static cache also holds empty slots, which must be masked).
+    static_graph = cache is not None and cache.is_compileable and is_torchdynamo_compiling()
+    if attention_mask is None and inputs_embeds.shape[1] == 1 and not static_graph:
+        # A cached decoding step: its one query, at the last position, may attend to every key the cache holds: all of
+        # a dynamic cache's, a static cache's written slots (`written_slots`). A compiled graph attends to the static
+        # cache's whole buffer, whose empty slots the mask below removes.
         return None
     # Positional arguments: the name of the cache argument differs between transformers 5.x releases.
     return create_causal_mask(config, inputs_embeds, attention_mask, self_attention_cache)
@@ -260,6 +262,7 @@ class TinyTransformerAttention(nn.Module):
             )
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
+                key, value = written_slots(cache.layers[self.layer_idx], key, value, attention_mask)
 
         implementation = self.config._attn_implementation
         slow_sdpa = implementation == "sdpa" and sdpa_backward_is_slow(query)
@@ -540,7 +543,7 @@ class TinyTransformerDecoder(TinyTransformerStack):
         self_attention_mask = causal_mask(config, inputs_embeds, attention_mask, cache)
         cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
         if self.position_bias is not None:
-            # The keys: every cached position and the new ones (a static cache's mask also covers its empty slots).
+            # The keys: every cached position and the new ones (a mask over a static cache covers its empty slots too).
             key_length = past_length + target_length if self_attention_mask is None else self_attention_mask.shape[-1]
             source_positions = token_positions(encoder_attention_mask, source_length, inputs_embeds.device)
             self_bias, cross_bias = self.position_bias(position_ids, key_length, source_positions)
@@ -678,11 +681,11 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         past_key_values: EncoderDecoderCache | None = None,  # the cache's name in transformers < 5.24
         **kwargs,
     ) -> dict:
-        """The inputs of one decoding step: transformers' general version for static caches and input embeddings,
-        and otherwise (a dynamic cache or none, token ids) the lean one of fast_paths_tiny_transformer.py."""
+        """The inputs of one decoding step: transformers' general version for input embeddings, and otherwise (token
+        ids) the lean one of fast_paths_tiny_transformer.py."""
         cache = cache if cache is not None else past_key_values
         kwargs[CACHE_FIELD] = cache
-        if (cache is not None and cache.is_compileable) or kwargs.get("decoder_inputs_embeds") is not None:
+        if kwargs.get("decoder_inputs_embeds") is not None:
             return super().prepare_inputs_for_generation(
                 input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
             )

@@ -4,6 +4,8 @@ They time nothing here (figures on a test machine mean nothing); they check that
 bench/README.md work and print their tables. Each script's `main` runs in this process with a user's arguments.
 """
 
+import time
+
 import pytest
 
 
@@ -22,11 +24,24 @@ def test_speed_benchmark_reports_every_measurement(bench_run):
 
 
 def test_speed_path_comparisons_run(bench, capsys):
-    bench("speed_paths").main(["--smoke", "--repeats", "1"])
+    bench("speed_paths").main(["--smoke", "--repeats", "1", "--clock", "cpu"])
     printed = capsys.readouterr().out
     for what in (
         "CPU dropout: training step",
         "lean step inputs",
         "eager attention for bf16 on CPU: training step",
+        "static cache, written slots only",
+        "(cpu clock)",
     ):
         assert what in printed
+
+
+def test_cpu_clock_counts_this_process_work_not_time_spent_waiting(bench):
+    """`--clock cpu` is for a shared machine: a run that waits (here: sleeps, as a descheduled process would) is
+    charged its wall time by the wall clock and next to nothing by the CPU clock."""
+    common = bench("common")
+    runs = {"wait": lambda: time.sleep(0.05)}
+    assert min(common.alternate(runs, repeats=2, warmup=0, clock="wall")["wait"]) >= 0.05
+    assert max(common.alternate(runs, repeats=2, warmup=0, clock="cpu")["wait"]) < 0.025
+    with pytest.raises(ValueError, match="clock"):
+        common.alternate(runs, repeats=1, clock="gpu")

@@ -1,15 +1,18 @@
 """The pieces that exist for speed give the same results as the plain versions they replace.
 
 CPU dropout from 16-bit draws and the lean per-step input preparation of generate() are each compared with torch's /
-transformers' own implementation.
+transformers' own implementation; eager decoding steps with a static cache, which attend to its written slots only,
+with decoding on a dynamic cache.
 """
 
 import pytest
 import torch
+from conftest import STEP_SCORES
 from transformers import GenerationMixin
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 
-from hf_tiny_transformer.fast_paths_tiny_transformer import apply_dropout
+import hf_tiny_transformer.modeling_tiny_transformer as modeling
+from hf_tiny_transformer.fast_paths_tiny_transformer import apply_dropout, written_slots
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 
@@ -93,13 +96,48 @@ def test_lean_step_inputs_equal_transformers_general_ones(make_model, batch):
             assert ours[key] is value, key
 
 
-def test_static_caches_still_get_transformers_masks(make_model, batch):
+# ------------------------------------------------------------------------------- static caches in eager decoding
+def test_written_slots_are_a_view_of_the_static_layers_written_prefix():
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = StaticLayer(max_cache_len=8)
+    layer.update(keys[:, :, :3], values[:, :, :3])
+    buffer_keys, buffer_values = layer.update(keys[:, :, 3:], values[:, :, 3:])  # 5 of 8 slots written
+    assert buffer_keys.shape[-2] == 8
+    written_keys, written_values = written_slots(layer, buffer_keys, buffer_values, None)
+    assert torch.equal(written_keys, keys) and torch.equal(written_values, values)
+    assert written_keys.data_ptr() == layer.keys.data_ptr()  # a view: nothing copied
+    # A mask over the whole buffer (compiled graphs, padded decoder inputs) keeps it; so does a mask that is not a
+    # tensor (flex attention's BlockMask); a relative position bias over the written keys cuts it to them.
+    whole_buffer_mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
+    assert written_slots(layer, buffer_keys, buffer_values, whole_buffer_mask)[0].shape[-2] == 8
+    assert written_slots(layer, buffer_keys, buffer_values, object())[0] is buffer_keys
+    assert written_slots(layer, buffer_keys, buffer_values, torch.zeros(1, 3, 1, 5))[0].shape[-2] == 5
+    dynamic = DynamicLayer()
+    dynamic_keys, dynamic_values = dynamic.update(keys, values)
+    assert written_slots(dynamic, dynamic_keys, dynamic_values, None)[0] is dynamic_keys
+
+
+def test_static_cache_steps_attend_to_the_written_keys_and_decode_like_a_dynamic_cache(make_model, batch, monkeypatch):
+    """generate with a static cache: every eager step attends to the keys written so far, never to the buffer's
+    empty slots, and gives the dynamic cache's tokens and scores."""
     model = make_model("sdpa")
     input_ids, attention_mask = batch(model.config.vocab_size, [6, 4])
-    settings = dict(max_new_tokens=6, do_sample=False)
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, **STEP_SCORES)
+    attended = []
+
+    def recording_written_slots(*args):
+        key, value = written_slots(*args)
+        attended.append(key.shape[-2])
+        return key, value
+
+    monkeypatch.setattr(modeling, "written_slots", recording_written_slots)
     static = model.generate(input_ids, attention_mask=attention_mask, cache_implementation="static", **settings)
+    layers = model.config.decoder_layers
+    assert attended == [step + 1 for step in range(6) for _ in range(layers)]
     dynamic = model.generate(input_ids, attention_mask=attention_mask, **settings)
-    assert torch.equal(static, dynamic)
+    assert torch.equal(static.sequences, dynamic.sequences)
+    # The same keys in the same order; the two attentions may sum them in another order.
+    torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-5, atol=1e-5)
 
 
 def test_eager_dropout_on_attention_weights_matches_its_rate(make_model):
