@@ -190,9 +190,11 @@ def benchmark_training(
 
 
 # ----------------------------------------------------------------------------------------------------- generation
-def generation_config(new_tokens: int, num_beams: int) -> GenerationConfig:
-    """Exactly `new_tokens` tokens (EOS is suppressed until then), greedy or beam search, with the KV cache."""
+def generation_config(new_tokens: int, num_beams: int, cache_implementation: str | None = None) -> GenerationConfig:
+    """Exactly `new_tokens` tokens (EOS is suppressed until then), greedy or beam search, with the KV cache: generate's
+    default (dynamic) or `cache_implementation`."""
     return GenerationConfig(
+        cache_implementation=cache_implementation,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         num_beams=num_beams,
@@ -232,6 +234,7 @@ def benchmark_generation(
     new_tokens=128,
     length=64,
     clock: str = "wall",
+    cache_implementation: str | None = None,
 ) -> list[dict]:
     """tokens/s for each (batch, num_beams) case; tokens = batch x new tokens (beams are not counted)."""
     models = build_models(size, device)
@@ -239,7 +242,7 @@ def benchmark_generation(
     results = []
     for batch, num_beams in cases:
         source = random_ids(batch, length, size.vocab_size, device, seed=3)
-        config = generation_config(new_tokens, num_beams)
+        config = generation_config(new_tokens, num_beams, cache_implementation)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
         seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
@@ -252,7 +255,13 @@ def benchmark_generation(
 
 
 def benchmark_per_token_time(
-    size: Size, device: Device, batch: int, repeats: int, length=64, clock: str = "wall"
+    size: Size,
+    device: Device,
+    batch: int,
+    repeats: int,
+    length=64,
+    clock: str = "wall",
+    cache_implementation: str | None = None,
 ) -> dict:
     """Seconds per generated token (greedy, cached) at 32 and 256 new tokens; a cache keeps the ratio near 1."""
     models = build_models(size, device)
@@ -261,7 +270,7 @@ def benchmark_per_token_time(
     result = {"size": size.name, "batch": batch}
     per_token = {}
     for new_tokens in (32, 256):
-        config = generation_config(new_tokens, num_beams=1)
+        config = generation_config(new_tokens, 1, cache_implementation)
         runs = {name: generate_function(model, source, config) for name, model in models.items()}
         seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         for name in MODEL_NAMES:
@@ -411,6 +420,11 @@ def main(argv: list[str] | None = None) -> dict:
         "leaves out the time other jobs held the core (use with --threads 1; CPU only)",
     )
     parser.add_argument(
+        "--cache_implementation",
+        choices=["static"],
+        help="the generation rows with this cache for both models (default: generate's own, a dynamic cache)",
+    )
+    parser.add_argument(
         "--attn_implementation",
         choices=["sdpa", "eager", "flash_attention_2"],
         help="attention of both models (default: flash_attention_2 on CUDA where flash_attn is installed, else sdpa)",
@@ -464,19 +478,31 @@ def main(argv: list[str] | None = None) -> dict:
             cases = [(1, 1), (32, 1), (1, 4), (32, 4)] if size is not MEDIUM else [(1, 1), (32, 1)]
             repeats = 1 if args.smoke else 3 if quick or size is MEDIUM else 11
             report["generation"] += benchmark_generation(
-                size, device, cases, repeats, **generation_shape, clock=args.clock
-            )
+                size, device, cases, repeats, **generation_shape, clock=args.clock,
+                cache_implementation=args.cache_implementation,
+            )  # fmt: skip
         progress("per-token time at 32 and 256 tokens")
         repeats = 1 if args.smoke else 3 if quick else 9
         report["per_token"].append(
-            benchmark_per_token_time(sizes[0], device, batch=1, repeats=repeats, clock=args.clock)
+            benchmark_per_token_time(
+                sizes[0],
+                device,
+                batch=1,
+                repeats=repeats,
+                clock=args.clock,
+                cache_implementation=args.cache_implementation,
+            )  # fmt: skip
         )
     if "memory" in sections:
         progress("peak memory (one fresh process per model and workload)")
         workloads = [{"workload": "train", "size": size.name} for size in sizes]
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
-    workload = f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}, {args.clock} clock"
+    cache = args.cache_implementation or "dynamic"
+    workload = (
+        f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}, {cache} cache, "
+        f"{args.clock} clock"
+    )
     report.finish(format_table(report), workload, args.output)
     return report
 

@@ -23,6 +23,15 @@ def test_speed_benchmark_reports_every_measurement(bench_run):
         assert row in printed
 
 
+def test_speed_benchmark_times_both_models_with_a_static_cache_on_the_cpu_clock(bench_run):
+    report, printed = bench_run(
+        "compare_with_bart",
+        ["--smoke", "--sections", "generation", "--cache_implementation", "static", "--clock", "cpu"],
+    )
+    assert "static cache, cpu clock" in printed
+    assert all(result[name]["tokens_per_s"] > 0 for result in report["generation"] for name in ("ours", "bart"))
+
+
 def test_speed_path_comparisons_run(bench, capsys):
     bench("speed_paths").main(["--smoke", "--repeats", "1", "--clock", "cpu"])
     printed = capsys.readouterr().out
