@@ -24,7 +24,7 @@ def sdpa_backward_is_slow(query: torch.Tensor) -> bool:
     """Whether SDPA would run a bf16 backward on a CPU (autocast training, `--bf16`): torch's CPU flash-attention
     kernel takes 5-9x the eager attention's time there (torch 2.13, [64, 4, 51, 32]: 36 ms against 3.8 ms forward
     and backward; in fp32, and in bf16 without gradients, SDPA is the faster)."""
-    return query.device.type == "cpu" and query.dtype == torch.bfloat16 and query.requires_grad
+    return query.requires_grad and query.dtype == torch.bfloat16 and query.device.type == "cpu"
 
 
 class MaskedScale(torch.autograd.Function):

@@ -256,10 +256,8 @@ class TinyTransformerAttention(nn.Module):
         else:
             # [Q K V] = X [W_q W_k W_v]: [batch, length, 3d] -> 3 x [batch, heads, length, head_dim]
             query_key_value = self.qkv_proj(hidden_states)
-            query, key, value = (
-                part.view(batch_size, query_length, self.num_heads, self.head_dim).transpose(1, 2)
-                for part in query_key_value.chunk(3, dim=-1)
-            )
+            query_key_value = query_key_value.view(batch_size, query_length, 3, self.num_heads, self.head_dim)
+            query, key, value = query_key_value.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
                 key, value = written_slots(cache.layers[self.layer_idx], key, value, attention_mask)

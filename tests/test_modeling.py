@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
@@ -61,6 +62,27 @@ def test_head_outputs_are_the_base_models_fields_and_its_logits(make_model, batc
     torch.testing.assert_close(head.logits, model.lm_head(base.last_hidden_state), rtol=0, atol=0)
     for name in base.keys() - {"last_hidden_state", modeling.CACHE_FIELD}:  # states and attentions, tuples or tensors
         torch.testing.assert_close(head[name], base[name], rtol=0, atol=0)
+
+
+def test_self_attention_splits_the_fused_projection_into_query_key_and_value(make_model):
+    """qkv_proj's output rows are [W_q; W_k; W_v] (nn.Linear's [out, in]), each split into heads: α and the output
+    equal the design document's equations computed from the three slices."""
+    model = make_model(attn_implementation="eager")
+    attention = model.model.encoder.layers[0].self_attn
+    heads, head_dim, d_model = attention.num_heads, attention.head_dim, model.config.d_model
+    hidden_states = torch.randn(2, 5, d_model)
+    output, weights = attention(hidden_states, None)
+
+    def heads_of(part: int) -> torch.Tensor:  # [batch, length, d] -> [batch, heads, length, head_dim]
+        rows = slice(part * d_model, (part + 1) * d_model)
+        projected = F.linear(hidden_states, attention.qkv_proj.weight[rows], attention.qkv_proj.bias[rows])
+        return projected.view(2, 5, heads, head_dim).transpose(1, 2)
+
+    query, key, value = heads_of(0), heads_of(1), heads_of(2)
+    expected_weights = torch.softmax(query @ key.transpose(2, 3) / head_dim**0.5, dim=-1)  # α = softmax(QKᵀ/√d)
+    torch.testing.assert_close(weights, expected_weights)
+    expected_output = attention.out_proj((expected_weights @ value).transpose(1, 2).reshape(2, 5, d_model))
+    torch.testing.assert_close(output, expected_output)
 
 
 def test_return_dict_false_gives_tuples_starting_with_loss(make_model, batch):
