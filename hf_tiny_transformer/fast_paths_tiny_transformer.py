@@ -68,7 +68,7 @@ def lean_generation_inputs(
     attention_mask: torch.Tensor | None,
     kwargs: dict,
 ) -> dict:
-    """The forward inputs of one decoding step of an encoder-decoder model with a dynamic cache (or none), given
+    """The forward inputs of one decoding step of an encoder-decoder model with a cache of any kind (or none), given
     generate()'s `model_kwargs`: the new decoder tokens, the encoder's mask, and the kwargs the forward takes.
 
     transformers' general `prepare_inputs_for_generation` also handles decoder-only models, input embeddings, device
