@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_tiny_transformer_train import openmp
 from hf_tiny_transformer_train.openmp import BUSY_CPUS_THRESHOLD, busy_cpus, choose_wait_policy
@@ -129,3 +130,71 @@ def test_importing_train_after_torch_leaves_the_policy_alone(monkeypatch):
     # train.py's module code, run under another module name as `python train/train.py` runs it.
     spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Threads that follow the load once the run has started (ThreadsFollowLoadCallback).
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restored_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_threads_drop_to_the_cpus_others_leave_free_and_come_back_when_they_are_free(restored_threads, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    torch.set_num_threads(4)
+    loads = iter([0.2, 1.0, 3.0, 3.9, None, 0.4, 0.0])
+    callback = openmp.ThreadsFollowLoadCallback(interval=0.0, measure=lambda: next(loads))
+    followed = []
+    for _ in range(6):
+        callback.on_step_end(None, None, None)
+        followed.append(torch.get_num_threads())
+    # 3.8 CPUs free: all 4; 3 free: 3; 1: 1; 0.1: still 1; no reading: unchanged; 3.6 free: back to all 4.
+    assert followed == [4, 3, 1, 1, 1, 4]
+    callback.on_prediction_step(None, None, None)  # evaluations and predictions after training follow it too
+    assert torch.get_num_threads() == 4
+
+
+def test_threads_never_exceed_the_runs_own_count_nor_measure_more_often_than_the_interval(restored_threads):
+    torch.set_num_threads(2)
+    measured = []
+    callback = openmp.ThreadsFollowLoadCallback(interval=3600.0, measure=lambda: measured.append(1) or 0.0)
+    callback.last_check = 0.0  # the first check is due
+    for _ in range(5):
+        callback.on_step_end(None, None, None)
+    assert measured == [1] and torch.get_num_threads() == 2  # free CPUs: the run's 2, not os.cpu_count()'s
+
+
+def test_the_load_of_other_processes_is_every_cpus_busy_time_less_this_processs_own(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # (busy, total) ticks of all CPUs, this process's CPU seconds and the wall clock, at the first and second reading.
+    readings = iter([((1000, 4000), 10.0, 100.0), ((1150, 4200), 10.5, 101.0)])
+    monkeypatch.setattr(openmp.OtherProcessesLoad, "reading", staticmethod(lambda: next(readings)))
+    load = openmp.OtherProcessesLoad()
+    # 150 of 200 ticks busy on 2 CPUs: 1.5 CPUs, of which this process 0.5 CPU-seconds in 1 s.
+    assert load() == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load is read from Linux's /proc/stat")
+def test_the_load_of_other_processes_sees_a_process_that_keeps_a_cpu_busy(busy_process):
+    load = openmp.OtherProcessesLoad()
+    time.sleep(0.5)
+    busy = load()
+    assert busy is not None and busy >= 0.7
+
+
+def test_threads_follow_the_load_only_for_one_process_on_a_cpu_with_threads_the_user_left_to_torch(
+    restored_threads, tmp_path
+):
+    from transformers import TrainingArguments
+
+    arguments = TrainingArguments(output_dir=str(tmp_path / "never"), use_cpu=True, report_to="none")
+    torch.set_num_threads(2)
+    assert openmp.threads_may_follow_load(arguments, {})
+    assert not openmp.threads_may_follow_load(arguments, {"OMP_NUM_THREADS": "2"})  # the user's, or a launcher's
+    torch.set_num_threads(1)
+    assert not openmp.threads_may_follow_load(arguments, {})  # one thread: nothing to give back

@@ -13,12 +13,24 @@ So `python train/train.py` keeps libgomp's default when the CPUs are free as it 
 when other processes already keep at least half a CPU busy. An `OMP_WAIT_POLICY` the user set is left as it is.
 Nothing happens when train.py is imported (by a benchmark or a test): only its `__main__` block calls
 `restart_with_wait_policy`.
+
+The policy cannot change once torch has loaded, but the number of threads can: `ThreadsFollowLoadCallback` gives
+torch only the CPUs other processes leave free, measured every few seconds while the run trains and evaluates, and
+all of its threads again once they are free. A reverse run's steps, next to a benchmark that kept the two cores busy:
+5.1-5.4 steps/s with one thread against 3.0-3.6 with two spinning ones (bench/README.md, "OpenMP wait policy"); a
+run that chose spinning on free CPUs and then met other jobs took 280 s for 400 steps that take 50 s.
 """
 
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 # Other processes' load, in CPUs, from which idle threads sleep instead of spinning.
 BUSY_CPUS_THRESHOLD = 0.5
@@ -72,3 +84,69 @@ def restart_with_wait_policy(environ: MutableMapping[str, str] = os.environ) -> 
     policy is then set) and only where the CPUs are busy: on free CPUs nothing is set and nothing restarts."""
     if "OMP_WAIT_POLICY" not in environ and choose_wait_policy(environ) is not None:
         os.execv(sys.executable, sys.orig_argv)  # orig_argv keeps the interpreter's own options (torchrun's -u)
+
+
+def threads_may_follow_load(training_args: TrainingArguments, environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Whether a run's torch threads may follow the machine's load: one process on a CPU, with more than one thread,
+    and no thread count the user chose (`OMP_NUM_THREADS`, which launchers also set for their ranks)."""
+    return (
+        training_args.world_size == 1
+        and training_args.device.type == "cpu"
+        and "OMP_NUM_THREADS" not in environ
+        and torch.get_num_threads() > 1
+    )
+
+
+class OtherProcessesLoad:
+    """How many CPUs other processes kept busy since the previous reading: every CPU's busy time (/proc/stat) less
+    this process's own CPU time (its spinning threads included), over the wall time between the two readings."""
+
+    def __init__(self):
+        self.previous = self.reading()
+
+    @staticmethod
+    def reading() -> tuple[tuple[int, int] | None, float, float]:
+        return cpu_times(), time.process_time(), time.monotonic()
+
+    def __call__(self) -> float | None:
+        """Busy CPUs of other processes since the previous call (None where /proc/stat cannot be read)."""
+        (before, own_before, wall_before), now = self.previous, self.reading()
+        self.previous = now
+        (after, own_after, wall_after) = now
+        if before is None or after is None or after[1] <= before[1] or wall_after <= wall_before:
+            return None
+        all_busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+        own_busy = (own_after - own_before) / (wall_after - wall_before)
+        return max(0.0, all_busy - own_busy)
+
+
+class ThreadsFollowLoadCallback(TrainerCallback):
+    """Every `interval` seconds of training or evaluation, set torch's intra-op threads to the CPUs other processes
+    leave free (rounded, at least one, at most the run's own count as it started)."""
+
+    def __init__(self, interval: float = 2.0, measure: Callable[[], float | None] | None = None):
+        self.interval = interval
+        self.threads = torch.get_num_threads()
+        self.measure = measure if measure is not None else OtherProcessesLoad()
+        self.last_check = time.monotonic()
+
+    def follow_load(self) -> None:
+        if time.monotonic() - self.last_check < self.interval:
+            return
+        self.last_check = time.monotonic()
+        busy = self.measure()
+        if busy is None:
+            return
+        free = (os.cpu_count() or 1) - busy
+        wanted = max(1, min(self.threads, int(free + 0.5)))
+        if wanted != torch.get_num_threads():
+            logger.info("Other processes keep %.1f CPUs busy: %d torch thread(s) from now on", busy, wanted)
+            torch.set_num_threads(wanted)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        self.follow_load()
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
+    ) -> None:
+        self.follow_load()

@@ -69,7 +69,11 @@ from hf_tiny_transformer_train.data import (
 from hf_tiny_transformer_train.evaluation import TeacherForcedEvaluationTrainer, evaluates_teacher_forced
 from hf_tiny_transformer_train.metrics import generation_metrics
 from hf_tiny_transformer_train.model_card import RunRecord, plot_cross_attention, plot_training_curves, write_model_card
-from hf_tiny_transformer_train.openmp import restart_with_wait_policy
+from hf_tiny_transformer_train.openmp import (
+    ThreadsFollowLoadCallback,
+    restart_with_wait_policy,
+    threads_may_follow_load,
+)
 from hf_tiny_transformer_train.tokenizer_training import check_tokenizer, train_tokenizer
 from hf_tiny_transformer_train.trainer import TinyTransformerTrainer
 from hf_tiny_transformer_train.typed_inputs import build_typed_inputs
@@ -404,6 +408,8 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
         callbacks.append(EarlyStoppingCallback(data_args.early_stopping_patience))
     if data_args.target_exact_match:
         callbacks.append(StopAtExactMatchCallback(data_args.target_exact_match))
+    if threads_may_follow_load(training_args):
+        callbacks.append(ThreadsFollowLoadCallback())
 
     def compute_generation_metrics(prediction):
         return generation_metrics(
