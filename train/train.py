@@ -96,6 +96,8 @@ def set_up_logging(training_args: Seq2SeqTrainingArguments) -> None:
     )
     log_level = training_args.get_process_log_level()
     logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    # The package's other modules' messages (openmp.py's thread changes) at the same level.
+    logging.getLogger("hf_tiny_transformer_train").setLevel(logger.level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
