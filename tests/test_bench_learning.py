@@ -37,9 +37,9 @@ def test_length_benchmark_trains_add_on_1_to_10_digits_and_tests_up_to_40(bench_
     assert "add, ours, relative, 1-10" in printed and "Typed inputs" not in printed
 
 
-def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_them(bench, capsys):
+def test_learning_ablation_lists_each_tasks_variants_as_flags_train_accepts(bench):
     # Every variant's flags must be ones train.py accepts for its task, or the ablation would fail after an hour of
-    # runs.
+    # runs. (The tasks and places it refuses: tests/test_bench_flags.py.)
     learning = bench("learning")
     for task in ("reverse", "sort"):
         variants = learning.ablation_variants(task)
@@ -47,15 +47,6 @@ def test_learning_ablation_lists_each_tasks_variants_and_refuses_a_task_without_
         assert len(variants) >= 3 and all(list(variants.values())[1:]), task
         for flags in variants.values():
             train.parse_arguments(["--task", task, *flags])
-    with pytest.raises(SystemExit) as stopped:
-        learning.main(["ablation", "--tasks", "copy"])
-    assert stopped.value.code == 2
-    assert "the ablation covers reverse (the default task) and sort, not 'copy'" in capsys.readouterr().err
-    for variants in ("0", "11", "two"):  # reverse has 10 variants after its recipe
-        with pytest.raises(SystemExit) as stopped:
-            learning.main(["ablation", "--variants", variants])
-        assert stopped.value.code == 2
-        assert f"--variants: {variants!r} is not a place of reverse's variants, 1-10" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
