@@ -9,6 +9,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration, TinyTransformerModel
+from hf_tiny_transformer.configuration_tiny_transformer import NORM_POSITIONS
 
 
 def copy_with_attention(model, implementation):
@@ -140,7 +141,7 @@ def test_hidden_states_cover_embeddings_and_every_layer(make_model, batch):
 
 
 @pytest.mark.parametrize("padding_side", [None, "right", "left"])
-@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("norm_position", NORM_POSITIONS)
 def test_eager_and_sdpa_agree_in_fp32(make_model, batch, padding_side, norm_position):
     model = make_model(norm_position=norm_position)
     lengths = [7, 7, 7] if padding_side is None else [7, 4, 2]

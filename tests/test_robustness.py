@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer.configuration_tiny_transformer import SIZE_FIELDS
+from hf_tiny_transformer.configuration_tiny_transformer import NORM_POSITIONS, POSITION_EMBEDDING_TYPES, SIZE_FIELDS
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ACTIVATIONS = ("relu", "gelu", "silu", "gelu_new", "tanh", "quick_gelu")
@@ -59,10 +59,10 @@ def valid_configs(draw) -> TinyTransformerConfig:
         dropout=draw(st.sampled_from([0.0, 0.1, 0.5])),
         attention_dropout=draw(st.sampled_from([0.0, 0.2])),
         activation_function=draw(st.sampled_from(ACTIVATIONS)),
-        position_embedding_type=draw(st.sampled_from(["sinusoidal", "learned", "relative"])),
+        position_embedding_type=draw(st.sampled_from(POSITION_EMBEDDING_TYPES)),
         relative_attention_num_buckets=draw(st.sampled_from([4, 8, 32])),
         relative_attention_max_distance=draw(st.sampled_from([17, 128])),
-        norm_position=draw(st.sampled_from(["pre", "post"])),
+        norm_position=draw(st.sampled_from(NORM_POSITIONS)),
         tie_word_embeddings=draw(st.booleans()),
         initializer_range=draw(st.sampled_from([0.02, 0.5])),
     )
@@ -136,10 +136,10 @@ BAD_VALUES = {
         st.text(max_size=6).filter(lambda name: name not in ACTIVATIONS + ("gelu",)), st.integers(), JSON_JUNK
     ),
     "position_embedding_type": st.one_of(st.text(max_size=6), st.integers(), JSON_JUNK).filter(
-        lambda value: value not in ("sinusoidal", "learned", "relative")
+        lambda value: value not in POSITION_EMBEDDING_TYPES
     ),
     "norm_position": st.one_of(st.text(max_size=6), st.integers(), JSON_JUNK).filter(
-        lambda value: value not in ("pre", "post")
+        lambda value: value not in NORM_POSITIONS
     ),
     "pad_token_id": st.one_of(
         st.integers(max_value=-1), st.integers(min_value=40), st.none(), st.floats(), st.booleans(), st.text(max_size=2)
@@ -314,7 +314,7 @@ def test_any_ids_tensor_either_runs_or_raises_value_error_naming_input_ids(share
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("norm_position", NORM_POSITIONS)
 def test_all_padding_rows_give_finite_outputs_and_gradients(implementation, norm_position):
     model = tiny_model(attn_implementation=implementation, norm_position=norm_position)
     input_ids = torch.randint(3, 40, (3, 6), generator=torch.Generator().manual_seed(0))
@@ -393,7 +393,7 @@ BF16_GRADIENT_TOLERANCE = 0.03  # ‖g_bf16 − g_fp32‖ / ‖g_fp32‖
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("norm_position", NORM_POSITIONS)
 def test_bf16_autocast_forward_and_backward_are_finite_and_close_to_fp32(implementation, norm_position):
     model = tiny_model(attn_implementation=implementation, norm_position=norm_position, initializer_range=0.2)
     generator = torch.Generator().manual_seed(1)

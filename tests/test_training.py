@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer_train import arguments, train
-from hf_tiny_transformer_train.data import generate_examples
+from hf_tiny_transformer_train.data import TASKS, generate_examples
 from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def test_a_recipe_file_that_cannot_work_stops_with_one_clear_line(tmp_path, text
 
 
 def test_every_recipe_file_is_read_and_checked():
-    for name in ("copy", "reverse", "sort", "add"):
+    for name in TASKS:
         _, data_args, _ = train.parse_arguments(["--task", name])
         assert data_args.task == name and data_args.recipe == str(arguments.RECIPES / f"{name}.yaml")
 

@@ -21,8 +21,8 @@ import yaml
 from transformers import AutoConfig, HfArgumentParser, PreTrainedTokenizerBase, Seq2SeqTrainingArguments
 
 from hf_tiny_transformer import TinyTransformerConfig
-from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
-from hf_tiny_transformer_train.data import TASKS, build_tokenizer, longest_sequence
+from hf_tiny_transformer.configuration_tiny_transformer import NORM_POSITIONS, POSITION_EMBEDDING_TYPES
+from hf_tiny_transformer_train.data import SPLITS, TASKS, build_tokenizer, longest_sequence
 from hf_tiny_transformer_train.tokenizer_training import MIN_VOCAB_SIZE, TOKENIZER_TYPES
 from hf_tiny_transformer_train.typed_inputs import SEQUENCE_TASKS
 from hf_tiny_transformer_train.user_data import check_data_file
@@ -58,7 +58,7 @@ class NewModelArguments:
     )
     norm_position: str | None = field(
         default=None,
-        metadata={"help": "LayerNorm placement of a new model.", "choices": ["pre", "post"]},
+        metadata={"help": "LayerNorm placement of a new model.", "choices": list(NORM_POSITIONS)},
     )
 
 
@@ -304,7 +304,6 @@ class DataArguments(SyntheticDataArguments, UserDataArguments):
         },
     )
     # Set by parse_arguments for the model card: the flags whose values differ from the recipe's.
-    # Set by parse_arguments for the model card: the flags whose values differ from the recipe's.
     recipe_overrides: dict = field(default_factory=dict, init=False)
 
 
@@ -425,7 +424,7 @@ def default_output_dir(values: dict) -> str:
             name = values.get("task") or "model"
         else:
             path = Path(source)
-            keep_stem = path.stem not in ("train", "validation", "test") or not path.parent.name
+            keep_stem = path.stem not in SPLITS or not path.parent.name
             name = path.stem if keep_stem else path.parent.name
     return f"outputs/tiny-transformer-{name}"
 
