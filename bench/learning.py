@@ -31,7 +31,7 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
-from bench.common import MODEL_NAMES, Report, build_model, make_optimizer, run_train_script, text_table
+from bench.common import BOS, EOS, MODEL_NAMES, PAD, Report, build_model, make_optimizer, run_train_script, text_table
 from hf_tiny_transformer_train import data
 from hf_tiny_transformer_train.arguments import (
     DEFAULT_TASK,
@@ -235,8 +235,8 @@ def pad_batch(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 def exact_match(model, split, max_new_tokens: int, batch_size: int) -> float:
     """Greedy test exact match, as train.py computes it (`sequence_metrics`), batches grouped by length."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, decoder_start_token_id=1,
-                              bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, decoder_start_token_id=BOS,
+                              bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)  # fmt: skip
     inputs, labels = split["input_ids"], split["labels"]
     order = sorted(range(len(inputs)), key=lambda index: len(inputs[index]))
     model.eval()

@@ -27,7 +27,7 @@ import onnxruntime
 import torch
 import transformers
 
-from bench.common import Report, alternate, summarize, text_table
+from bench.common import FIRST_ORDINARY_ID, Report, alternate, summarize, text_table
 from bench.learning import Recipe, pad_batch, task_splits
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
@@ -37,8 +37,10 @@ SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_
 
 
 def random_inputs(vocab_size: int, batch_size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids >= 5 (no special token) of `batch_size` rows of `length`, and an all-ones mask."""
-    input_ids = torch.randint(5, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(batch_size))
+    """Ids from FIRST_ORDINARY_ID (no special token) of `batch_size` rows of `length`, and an all-ones mask."""
+    input_ids = torch.randint(
+        FIRST_ORDINARY_ID, vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(batch_size)
+    )
     return input_ids, torch.ones_like(input_ids)
 
 

@@ -24,7 +24,7 @@ import transformers
 from transformers import GenerationConfig, GenerationMixin
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
-from bench.common import alternate
+from bench.common import BOS, EOS, FIRST_ORDINARY_ID, PAD, alternate
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 
 SMALL = dict(vocab_size=128, d_model=128, encoder_layers=2, decoder_layers=2, num_attention_heads=4, ffn_dim=512)
@@ -54,7 +54,9 @@ class Patched:
 
 def training_step(model, batch: int, length: int, bf16: bool = False):
     """One optimizer step on a fixed batch; with `bf16`, under CPU autocast as the Trainer's `--bf16` runs it."""
-    source = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
+    source = torch.randint(
+        FIRST_ORDINARY_ID, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1)
+    )
     inputs = {"input_ids": source, "attention_mask": torch.ones_like(source), "labels": source.flip(1)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -70,10 +72,12 @@ def training_step(model, batch: int, length: int, bf16: bool = False):
 
 
 def generation(model, batch: int, length: int, new_tokens: int, cache_implementation: str | None = None):
-    source = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
+    source = torch.randint(
+        FIRST_ORDINARY_ID, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2)
+    )
     config = GenerationConfig(
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, decoder_start_token_id=1,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, cache_implementation=cache_implementation,
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, decoder_start_token_id=BOS,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, cache_implementation=cache_implementation,
     )  # fmt: skip
     model.eval()
 
