@@ -45,8 +45,8 @@ def test_outputs_have_expected_types_and_shapes(make_model, batch):
 
 
 def test_head_outputs_are_the_base_models_fields_and_its_logits(make_model, batch):
-    """The head builds its output from the encoder's and the decoder's (`encode_and_decode`), not from the base
-    model's output: every field must still be the base model's, and the caller's cache comes back."""
+    """The head's output is the base model's, its last hidden states turned into logits: every other field equal,
+    and the caller's cache comes back."""
     model = make_model(attn_implementation="eager")
     input_ids, attention_mask = batch(40, [7, 5])
     decoder_input_ids = torch.randint(3, 40, (2, 4))
