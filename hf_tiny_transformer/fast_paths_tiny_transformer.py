@@ -79,7 +79,9 @@ def lean_generation_inputs(
     model_inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_KWARGS_NOT_FOR_FORWARD}
     if next_sequence_length is not None:
         input_ids = input_ids[:, -next_sequence_length:]  # the tokens the cache does not hold yet
-    model_inputs["decoder_input_ids"] = input_ids
+    # A copy with the strides of its own shape, as transformers' version makes: the slice's strides grow with the
+    # sequence, and a compiled forward guards on strides, so it would compile again at every step until it gives up.
+    model_inputs["decoder_input_ids"] = input_ids.clone(memory_format=torch.contiguous_format)
     model_inputs["attention_mask"] = attention_mask  # the encoder's: cross-attention keeps masking its padding
     return model_inputs
 
