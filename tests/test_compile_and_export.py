@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import STEP_SCORES
+from torch._dynamo.testing import CompileCounterWithBackend
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
@@ -13,6 +14,18 @@ pytestmark = pytest.mark.slow
 # scheme's, the cache's), in half the graph of the usual tiny model. On a machine whose compile cache is empty,
 # compiling is most of these tests' time, and it grows with the graph.
 ONE_LAYER_EACH = dict(encoder_layers=1, decoder_layers=1)
+
+# Which of torch.compile's stages each scheme's compiled tests go through. What is ours to get right (one graph
+# without breaks, no recompilation, the same loss, gradients and tokens as eager) is decided by dynamo's capture and
+# AOT autograd, which every scheme goes through ("aot_eager"). Inductor then turns the same graph into C++ kernels,
+# one compiler run per kernel (about 0.45 s each on an empty compile cache, most of a cold test suite's compiler
+# time): it runs for the relative scheme, the default recipes' and the one with position code of its own to lower
+# (the bucketing of distances); the other two schemes add only a table lookup and an addition to it.
+INDUCTOR_SCHEME = "relative"
+
+
+def compile_backend(position_embedding_type: str) -> str:
+    return "inductor" if position_embedding_type == INDUCTOR_SCHEME else "aot_eager"
 
 
 def test_forward_exports_and_matches_eager_execution(make_model, batch):
@@ -38,13 +51,15 @@ def test_static_cache_decoder_exports_and_generates_like_generate(make_model, ba
     assert exported_tokens == reference[0].tolist()
 
 
-def test_compiled_training_step_matches_eager(make_model, batch):
+def test_compiled_training_step_matches_eager(make_model, batch, position_embedding_type):
+    torch._dynamo.reset()  # graphs compiled by earlier tests in this process count towards the recompile limit
     input_ids, attention_mask = batch(40, [6, 4])
     labels = torch.randint(3, 40, (2, 5))
     losses = []
     for compiled in (False, True):
         model = make_model(dropout=0.0, **ONE_LAYER_EACH).train()
-        forward = torch.compile(model, fullgraph=True) if compiled else model
+        backend = compile_backend(position_embedding_type)
+        forward = torch.compile(model, fullgraph=True, backend=backend) if compiled else model
         loss = forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         losses.append((loss.detach(), model.lm_head.weight.grad.clone()))
@@ -52,7 +67,11 @@ def test_compiled_training_step_matches_eager(make_model, batch):
     torch.testing.assert_close(losses[0][1], losses[1][1], atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_static_cache_generation_matches_eager(make_model, batch):
+def test_compiled_static_cache_generation_matches_eager_with_two_graphs(make_model, batch, position_embedding_type):
+    """The compiled decoding transformers documents (a static cache, the forward compiled with fixed shapes): two
+    graphs, the first step's and every later step's. A graph per step would mean a recompilation at every token until
+    dynamo's limit, after which the steps silently run eagerly."""
+    torch._dynamo.reset()  # graphs compiled by earlier tests in this process count towards the recompile limit
     # Token ids compared exactly although compiled kernels may sum in another order than eager ones: with the large
     # initializer_range every step's top logit wins by far more than such rounding (checked).
     model = make_model(initializer_range=0.5, seed=3, **ONE_LAYER_EACH)
@@ -62,9 +81,11 @@ def test_compiled_static_cache_generation_matches_eager(make_model, batch):
     best_two = torch.stack(result.scores).topk(2, dim=-1).values
     assert (best_two[..., 0] - best_two[..., 1]).min() > 1e-3
     eager = result.sequences
-    model.forward = torch.compile(model.forward, fullgraph=False, dynamic=False)
+    counter = CompileCounterWithBackend(compile_backend(position_embedding_type))
+    model.forward = torch.compile(model.forward, fullgraph=False, dynamic=False, backend=counter)
     compiled = model.generate(input_ids, attention_mask=attention_mask, **settings)
     assert torch.equal(eager, compiled)
+    assert counter.frame_count == 2
 
 
 def test_forward_with_a_cache_exports_and_gives_back_the_same_cache_as_eager(make_model, batch):
