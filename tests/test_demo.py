@@ -158,7 +158,7 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 # A reverse model of 1-4 integers: learnt in about 200 steps, seconds of CPU.
 TINY_REVERSE = [
     *corpus_flags("reverse", min_length=1, max_length=4, train_size=4000, validation_size=64, test_size=64),
-    "--longer_test_size", "0",
+    "--longer_test_size", "0", "--typed_inputs_size", "0",
     *new_model_flags(d_model=32, layers=1, num_attention_heads=2, ffn_dim=64),
     "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "64",
     "--learning_rate", "3e-3", "--warmup_steps", "20", "--max_steps", "300", "--eval_steps", "100",

@@ -154,7 +154,7 @@ def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_pro
         "2",
     ]
     flags = ["--train_size", "256", "--per_device_train_batch_size", "8", "--max_steps", "-1",
-             "--num_train_epochs", "1", "--output_dir", str(output_dir)]  # fmt: skip
+             "--num_train_epochs", "1", "--do_predict", "true", "--output_dir", str(output_dir)]  # fmt: skip
     run([*launch, str(probe), *SHORT_RUN, *flags], tmp_path, environment(tmp_path))
     reports = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
     for rank, report in enumerate(reports):
@@ -179,7 +179,7 @@ def test_accelerate_launch_with_the_ddp_config_shares_the_batch_over_two_cpu_pro
 # 4 steps of a global batch of 2 x 8 on a one-layer model, a checkpoint every 2 steps.
 MULTI_NODE_RUN = [
     *corpus_flags("copy", min_length=1, max_length=4, train_size=200, validation_size=20, test_size=20),
-    "--longer_test_size", "0", "--max_steps", "4",
+    "--longer_test_size", "0", "--typed_inputs_size", "0", "--max_steps", "4",
     *new_model_flags(d_model=16, layers=1, num_attention_heads=2, ffn_dim=32),
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--learning_rate", "1e-2",
     "--warmup_steps", "0", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--use_cpu",
