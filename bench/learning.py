@@ -149,7 +149,7 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
             "two encoder and two decoder layers instead of one and three": [
                 "--encoder_layers", "2", "--decoder_layers", "2",
             ],
-            "1,200 steps instead of 3,000": ["--max_steps", "1200"],
+            "3,000 steps instead of 5,000": ["--max_steps", "3000"],
             "before: learned positions, four heads, uniform draws, 1,200 steps": [
                 "--position_embedding_type", "learned", "--num_attention_heads", "4", "--repeated_values_share", "0",
                 "--max_steps", "1200",
