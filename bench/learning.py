@@ -138,19 +138,21 @@ def describe_family(figures: list[float | None]) -> str:
 def ablation_variants(task: str) -> dict[str, list[str]]:
     """The task's recipe, then each of its changes undone on its own. Reverse's earlier rounds' alternatives (batches
     grouped by length, the recipe before issue 9 as a whole) are measured in bench/README.md; sort runs its own
-    previous recipe (two and two layers, 1,800 steps, evaluations every 100)."""
+    previous recipe (learned positions, four heads, uniform draws, 1,200 steps)."""
     if task == "sort":
         return {
             "the recipe (train.py's defaults for sort)": [],
             "float32 instead of bf16": ["--bf16", "false"],
-            "relative positions instead of learned": ["--position_embedding_type", "relative"],
+            "uniform draws only instead of half with repeats": ["--repeated_values_share", "0"],
+            "learned positions instead of relative": ["--position_embedding_type", "learned"],
+            "four attention heads instead of eight": ["--num_attention_heads", "4"],
             "two encoder and two decoder layers instead of one and three": [
                 "--encoder_layers", "2", "--decoder_layers", "2",
             ],
-            "evaluation every 100 steps instead of 300": ["--eval_steps", "100", "--save_steps", "100"],
-            "before: two and two layers, 1,800 steps, evaluation every 100": [
-                "--encoder_layers", "2", "--decoder_layers", "2", "--max_steps", "1800", "--eval_steps", "100",
-                "--save_steps", "100",
+            "3,000 steps instead of 5,000": ["--max_steps", "3000"],
+            "before: learned positions, four heads, uniform draws, 1,200 steps": [
+                "--position_embedding_type", "learned", "--num_attention_heads", "4", "--repeated_values_share", "0",
+                "--max_steps", "1200",
             ],
         }  # fmt: skip
     if task != "reverse":

@@ -108,11 +108,9 @@ def test_frozen_tables_keep_the_learning_rate_groups_of_the_trainable_weights(tm
 
 
 def test_the_relative_recipes_set_the_scale_and_a_recipes_value_is_inert_without_tables():
-    for task in ("copy", "reverse", "add"):
+    for task in ("copy", "reverse", "add", "sort"):
         _, _, training_args = train.parse_arguments(["--task", task])
         assert training_args.position_bias_learning_rate_scale == 10
-    _, _, training_args = train.parse_arguments(["--task", "sort"])
-    assert training_args.position_bias_learning_rate_scale == 1
     # The copy recipe's 10 with learned positions: nothing to act on, and no error (the flag was not given).
     model_args, _, training_args = train.parse_arguments(["--task", "copy", "--position_embedding_type", "learned"])
     assert model_args.position_embedding_type == "learned" and training_args.position_bias_learning_rate_scale == 10
@@ -124,7 +122,7 @@ def test_the_relative_recipes_set_the_scale_and_a_recipes_value_is_inert_without
         (["--position_bias_learning_rate_scale", "0"], "--position_bias_learning_rate_scale must be positive; got 0"),
         (["--position_bias_learning_rate_scale", "-2"], "--position_bias_learning_rate_scale must be positive"),
         (
-            ["--task", "sort", "--position_bias_learning_rate_scale", "5"],
+            ["--task", "sort", "--position_embedding_type", "learned", "--position_bias_learning_rate_scale", "5"],
             "--position_bias_learning_rate_scale acts on relative position biases; this model's "
             "position_embedding_type is 'learned'",
         ),
