@@ -50,16 +50,35 @@ def cpu_times() -> tuple[int, int] | None:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
+class OtherProcessesLoad:
+    """How many CPUs other processes kept busy since the previous reading: every CPU's busy time (/proc/stat) less
+    this process's own CPU time (its spinning threads included), over the wall time between the two readings."""
+
+    def __init__(self):
+        self.previous = self.reading()
+
+    @staticmethod
+    def reading() -> tuple[tuple[int, int] | None, float, float]:
+        return cpu_times(), time.process_time(), time.monotonic()
+
+    def __call__(self) -> float | None:
+        """Busy CPUs of other processes since the previous call (None where /proc/stat cannot be read)."""
+        before, own_before, wall_before = self.previous
+        after, own_after, wall_after = self.previous = self.reading()
+        if before is None or after is None or after[1] <= before[1] or wall_after <= wall_before:
+            return None
+        all_busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+        own_busy = (own_after - own_before) / (wall_after - wall_before)
+        return max(0.0, all_busy - own_busy)
+
+
 def busy_cpus(interval: float = 0.1) -> float:
     """How many CPUs the machine's other processes keep busy, measured over `interval` seconds while this process
     sleeps; 0.0 where the load cannot be read (no /proc/stat)."""
-    before = cpu_times()
+    load = OtherProcessesLoad()
     time.sleep(interval)
-    after = cpu_times()
-    if before is None or after is None or after[1] <= before[1]:
-        return 0.0
-    share_busy = (after[0] - before[0]) / (after[1] - before[1])
-    return share_busy * (os.cpu_count() or 1)
+    busy = load()
+    return 0.0 if busy is None else busy
 
 
 def choose_wait_policy(
@@ -97,29 +116,6 @@ def threads_may_follow_load(training_args: TrainingArguments, environ: MutableMa
     )
 
 
-class OtherProcessesLoad:
-    """How many CPUs other processes kept busy since the previous reading: every CPU's busy time (/proc/stat) less
-    this process's own CPU time (its spinning threads included), over the wall time between the two readings."""
-
-    def __init__(self):
-        self.previous = self.reading()
-
-    @staticmethod
-    def reading() -> tuple[tuple[int, int] | None, float, float]:
-        return cpu_times(), time.process_time(), time.monotonic()
-
-    def __call__(self) -> float | None:
-        """Busy CPUs of other processes since the previous call (None where /proc/stat cannot be read)."""
-        (before, own_before, wall_before), now = self.previous, self.reading()
-        self.previous = now
-        (after, own_after, wall_after) = now
-        if before is None or after is None or after[1] <= before[1] or wall_after <= wall_before:
-            return None
-        all_busy = (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
-        own_busy = (own_after - own_before) / (wall_after - wall_before)
-        return max(0.0, all_busy - own_busy)
-
-
 class ThreadsFollowLoadCallback(TrainerCallback):
     """Every `interval` seconds of training or evaluation, set torch's intra-op threads to the CPUs other processes
     leave free (rounded, at least one, at most the run's own count as it started)."""
@@ -131,9 +127,10 @@ class ThreadsFollowLoadCallback(TrainerCallback):
         self.last_check = time.monotonic()
 
     def follow_load(self) -> None:
-        if time.monotonic() - self.last_check < self.interval:
+        now = time.monotonic()
+        if now - self.last_check < self.interval:
             return
-        self.last_check = time.monotonic()
+        self.last_check = now
         busy = self.measure()
         if busy is None:
             return
