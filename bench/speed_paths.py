@@ -11,7 +11,9 @@ medians and their ratio (plain / ours: above 1 means the speed path pays). The p
 - SDPA's own bf16 backward instead of the eager attention for bf16 training on a CPU (`sdpa_backward_is_slow`);
 - with a static cache (`cache_implementation="static"`), transformers' general `prepare_inputs_for_generation`, whose
   4-D mask over the cache's whole buffer makes every step attend to all of it, instead of the lean inputs, with which
-  each eager step attends to the written slots only (`written_slots`).
+  each eager step attends to the written slots only (`written_slots`);
+- generate()'s own dynamic cache with transformers' DynamicLayers, which concatenate the cache at every step, instead of
+  PreallocatedDynamicLayers, which write the step in place (`preallocate_generation_cache`).
 """
 
 import argparse
@@ -141,6 +143,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(compare(
             f"static cache, written slots only: greedy, b{generate_batch}, {new_tokens} tokens",
             run, Patched(run, {(type(model), "prepare_inputs_for_generation"): general}), args.repeats, args.clock,
+        ))  # fmt: skip
+    for generate_batch in (1, batch):
+        run = generation(model, generate_batch, length, new_tokens)
+        rows.append(compare(
+            f"generate's own cache written in place: greedy, b{generate_batch}, {new_tokens} tokens",
+            run, Patched(run, {(modeling, "preallocate_generation_cache"): lambda cache, capacity: None}),
+            args.repeats, args.clock,
         ))  # fmt: skip
     return rows
 

@@ -4,15 +4,19 @@ Each one stays only while `bench/speed_paths.py` shows that it pays (figures in 
 - `apply_dropout`: CPU dropout from 16-bit random draws, keeping a boolean mask for the backward;
 - `lean_generation_inputs`: generate()'s per-step inputs for the common case, without the general machinery;
 - `written_slots`: an eager decoding step with a static cache attends to the written slots of its buffers only;
+- `PreallocatedDynamicLayer`: generate()'s own dynamic cache writes each step's keys and values in place;
 - `sdpa_backward_is_slow`: bf16 training on a CPU takes the eager attention, whose backward is faster there.
 
 This file is copied next to the weights by `save_pretrained` (the model file imports it), so it imports only torch
 and transformers.
 """
 
+import weakref
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import CacheLayerMixin, StaticLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
 # Keyword arguments generate() keeps between decoding steps that the forward does not take (as in transformers'
@@ -107,3 +111,100 @@ def written_slots(
     else:
         return key, value
     return key[:, :, :length], value[:, :, :length]
+
+
+# Each PreallocatedDynamicLayer's buffers, and the views of them it last set as its keys and values. Kept beside the
+# layer rather than on it: transformers' exporters flatten every attribute of a cache layer, and a layer must hold
+# what a DynamicLayer holds and nothing else (buffers hold unwritten positions). Weak keys: the entry goes with the
+# layer; a copy of the layer has no entry and starts new buffers.
+LAYER_BUFFERS: "weakref.WeakKeyDictionary[PreallocatedDynamicLayer, LayerBuffers]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class LayerBuffers:
+    keys: torch.Tensor  # [batch, heads, capacity, head_dim]
+    values: torch.Tensor
+    inference: bool  # made in inference mode: outside it, they cannot be written in place
+    key_view: torch.Tensor | None = None  # the layer's `keys` as update() last set them: the written positions
+    value_view: torch.Tensor | None = None
+
+
+# Below this many elements per buffer, concatenating is the cheaper update: its copy of the cache costs less than the
+# in-place write's extra views (d_model 128, 130 positions: equal at batch 4, torch.cat 2.2x faster at batch 1, 14x
+# slower at batch 32; bench/README.md).
+IN_PLACE_MIN_ELEMENTS = 2**16
+
+
+class PreallocatedDynamicLayer(DynamicLayer):
+    """A `DynamicLayer` whose `keys` and `values` are views of the first positions of buffers allocated for a whole
+    `generate` call (`capacity` positions, twice what is needed when a cache outgrows them), so that a decoding step
+    writes its own position instead of copying the whole cache into a new tensor (DynamicLayer's `torch.cat`: 19% of
+    a greedy step's time at batch 32, bench/README.md).
+
+    It holds and returns what a DynamicLayer does, and nothing else: `keys` and `values` are [batch, heads, written,
+    head_dim] (views; unwritten positions are never part of them; the buffers are kept in LAYER_BUFFERS). Whatever
+    replaces them (`crop`, `reorder_cache` in beam search, `batch_select_indices`, `reset`, an assignment) leaves
+    tensors that are not the views it set, and the next update copies them into new buffers. With gradients (writing
+    into a buffer would change tensors the backward kept) and in compiled or exported graphs it updates as
+    DynamicLayer does.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.in_place = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            batch, heads, _, head_dim = key_states.shape
+            self.in_place = batch * heads * head_dim * self.capacity >= IN_PLACE_MIN_ELEMENTS
+        grad = torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad)
+        if not self.in_place or grad or is_torchdynamo_compiling():
+            return super().update(key_states, value_states, *args, **kwargs)
+        written = self.get_seq_length()
+        needed = written + key_states.shape[-2]
+        buffers = LAYER_BUFFERS.get(self)
+        if (
+            buffers is None
+            or buffers.key_view is not self.keys
+            or buffers.value_view is not self.values
+            or buffers.keys.shape[2] < needed
+            or (buffers.inference and not torch.is_inference_mode_enabled())
+        ):
+            buffers = self.allocate(key_states, value_states, written, needed)
+            LAYER_BUFFERS[self] = buffers
+        buffers.keys.narrow(2, written, needed - written).copy_(key_states)
+        buffers.values.narrow(2, written, needed - written).copy_(value_states)
+        self.keys = buffers.key_view = buffers.keys.narrow(2, 0, needed)
+        self.values = buffers.value_view = buffers.values.narrow(2, 0, needed)
+        return self.keys, self.values
+
+    def allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, written: int, needed: int) -> LayerBuffers:
+        """New buffers for `capacity` positions of states like these, holding what `keys` and `values` hold now."""
+        if needed > self.capacity:
+            self.capacity = 2 * needed
+        buffers = []
+        for held, states in ((self.keys, key_states), (self.values, value_states)):
+            buffer = states.new_empty(states.shape[:2] + (self.capacity,) + states.shape[3:])
+            if written:
+                buffer[:, :, :written].copy_(held)
+            buffers.append(buffer)
+        return LayerBuffers(*buffers, torch.is_inference_mode_enabled())
+
+
+def preallocate_generation_cache(cache: object, capacity: int) -> None:
+    """Give the self-attention cache that generate() made for a call (a plain `DynamicCache`, nothing written yet)
+    `PreallocatedDynamicLayer`s of `capacity` positions; caches of other kinds, and offloaded ones, stay as they
+    are."""
+    if not isinstance(cache, EncoderDecoderCache):
+        return
+    self_attention_cache = cache.self_attention_cache
+    if type(self_attention_cache) is not DynamicCache or getattr(self_attention_cache, "offloading", False):
+        return
+    self_attention_cache.layers = [
+        PreallocatedDynamicLayer(capacity) if type(layer) is DynamicLayer and not layer.is_initialized else layer
+        for layer in self_attention_cache.layers
+    ]

@@ -58,7 +58,13 @@ from .absolute_positions_tiny_transformer import (
 )
 from .checkpoint_checks_tiny_transformer import load_checked
 from .configuration_tiny_transformer import TinyTransformerConfig
-from .fast_paths_tiny_transformer import apply_dropout, lean_generation_inputs, sdpa_backward_is_slow, written_slots
+from .fast_paths_tiny_transformer import (
+    apply_dropout,
+    lean_generation_inputs,
+    preallocate_generation_cache,
+    sdpa_backward_is_slow,
+    written_slots,
+)
 from .input_checks_tiny_transformer import (
     check_attention_mask,
     check_encoder_states,
@@ -658,6 +664,18 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
                 input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
             )
         return lean_generation_inputs(input_ids, next_sequence_length, attention_mask, kwargs)
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        """generate()'s cache, as transformers makes it; when that is its default dynamic cache (the caller passed
+        none), its self-attention layers write each step in place (`PreallocatedDynamicLayer`)."""
+        callers_cache = model_kwargs.get(CACHE_FIELD)
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        if callers_cache is None:
+            preallocate_generation_cache(model_kwargs.get(CACHE_FIELD), max_cache_length)
 
     @can_return_tuple
     @accepts_old_cache_name

@@ -2,7 +2,7 @@
 
 CPU dropout from 16-bit draws and the lean per-step input preparation of generate() are each compared with torch's /
 transformers' own implementation; eager decoding steps with a static cache, which attend to its written slots only,
-with decoding on a dynamic cache.
+with decoding on a dynamic cache; generate()'s own dynamic cache, written in place, with transformers' DynamicLayer.
 """
 
 import pytest
@@ -12,7 +12,8 @@ from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 
 import hf_tiny_transformer.modeling_tiny_transformer as modeling
-from hf_tiny_transformer.fast_paths_tiny_transformer import apply_dropout, written_slots
+import hf_tiny_transformer.fast_paths_tiny_transformer as fast_paths
+from hf_tiny_transformer.fast_paths_tiny_transformer import PreallocatedDynamicLayer, apply_dropout, written_slots
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
 
@@ -148,3 +149,90 @@ def test_eager_dropout_on_attention_weights_matches_its_rate(make_model):
     outputs = model(input_ids=input_ids, decoder_input_ids=input_ids, output_attentions=True)
     weights = torch.cat([attention.flatten() for attention in outputs.encoder_attentions])
     assert abs((weights == 0).float().mean().item() - 0.25) < 0.02
+
+
+# ------------------------------------------------------------------------------ generate's own dynamic cache
+def assert_holds_as_dynamic_layer(layer: DynamicLayer, reference: DynamicLayer):
+    assert layer.get_seq_length() == reference.get_seq_length()
+    assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+
+
+def test_preallocated_layer_holds_what_a_dynamic_layer_holds_through_every_cache_operation(monkeypatch):
+    """Steps written in place, then each DynamicLayer operation that replaces or cuts the tensors (beam search's
+    reorder, crop, batch selection and repetition, reset), each followed by more steps: both layers return and hold
+    the same tensors throughout, and steps after an operation are written in place again."""
+    monkeypatch.setattr(fast_paths, "IN_PLACE_MIN_ELEMENTS", 0)  # in place even at this tiny size
+    generator = torch.Generator().manual_seed(0)
+
+    def step(layer: DynamicLayer, reference: DynamicLayer, batch: int, length: int = 1):
+        keys, values = (torch.randn(batch, 2, length, 4, generator=generator) for _ in range(2))
+        returned, expected = layer.update(keys, values), reference.update(keys, values)
+        assert all(torch.equal(a, b) for a, b in zip(returned, expected))
+        assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+        return returned
+
+    layer, reference = PreallocatedDynamicLayer(capacity=6), DynamicLayer()
+    with torch.no_grad():
+        first = step(layer, reference, batch=3, length=3)
+        assert layer.in_place and layer.keys.shape == (3, 2, 3, 4)
+        for _ in range(3):  # up to the capacity, in the same buffers
+            step(layer, reference, batch=3)
+        assert layer.keys.data_ptr() == first[0].data_ptr() and layer.capacity == 6
+        assert torch.equal(first[0], reference.keys[:, :, :3])  # an earlier step's keys stay what they were
+        operations = {
+            "reorder_cache": lambda cache_layer: cache_layer.reorder_cache(torch.tensor([2, 0, 0])),
+            "crop": lambda cache_layer: cache_layer.crop(-2),
+            "batch_select_indices": lambda cache_layer: cache_layer.batch_select_indices(torch.tensor([0, 2])),
+            "batch_repeat_interleave": lambda cache_layer: cache_layer.batch_repeat_interleave(2),
+            "reset": lambda cache_layer: cache_layer.reset(),
+        }
+        batch = 3
+        for name, operation in operations.items():
+            operation(layer)
+            operation(reference)
+            batch = {"batch_select_indices": 2, "batch_repeat_interleave": 4}.get(name, batch)
+            after = step(layer, reference, batch)  # past the first capacity after reorder_cache: the buffers grow
+            assert step(layer, reference, batch)[0].data_ptr() == after[0].data_ptr(), name  # in place again
+        assert layer.get_seq_length() == 2 and layer.capacity > 6
+
+
+def test_preallocated_layer_concatenates_with_gradients_in_small_caches_and_after_inference_mode(monkeypatch):
+    keys, values = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4)
+    small = PreallocatedDynamicLayer(capacity=8)  # 1 x 2 x 4 x 8 elements: concatenating is the cheaper update
+    small.update(keys, values)
+    assert not small.in_place and small.keys._base is None
+    monkeypatch.setattr(fast_paths, "IN_PLACE_MIN_ELEMENTS", 0)
+    trained = PreallocatedDynamicLayer(capacity=8)
+    with_grad = keys.clone().requires_grad_()
+    trained.update(with_grad, values)
+    trained.update(with_grad, values)[0].sum().backward()  # in place, this would fail: a kept tensor changed
+    assert torch.equal(with_grad.grad, torch.full_like(keys, 2.0))
+    layer = PreallocatedDynamicLayer(capacity=8)
+    with torch.inference_mode():
+        layer.update(keys, values)
+    with torch.no_grad():  # inference tensors cannot be written outside inference mode: new buffers
+        written_keys, _ = layer.update(keys + 1, values)
+    assert torch.equal(written_keys, torch.cat([keys, keys + 1], dim=-2)) and not written_keys.is_inference()
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_writes_its_own_cache_in_place_and_leaves_the_callers_cache_alone(
+    make_model, batch, monkeypatch, num_beams
+):
+    """generate()'s default cache gets PreallocatedDynamicLayers and gives the tokens and scores of transformers'
+    DynamicLayers (a cache the caller passes, which stays as it was made), greedy and with beam search."""
+    monkeypatch.setattr(fast_paths, "IN_PLACE_MIN_ELEMENTS", 0)  # in place even at this tiny size
+    model = make_model("sdpa")
+    input_ids, attention_mask = batch(model.config.vocab_size, [6, 4])
+    settings = dict(max_new_tokens=7, min_new_tokens=7, num_beams=num_beams, do_sample=False, **STEP_SCORES)
+    own = model.generate(input_ids, attention_mask=attention_mask, **settings)
+    callers_cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    passed = model.generate(input_ids, attention_mask=attention_mask, **{CACHE_FIELD: callers_cache}, **settings)
+    assert torch.equal(own.sequences, passed.sequences)
+    torch.testing.assert_close(torch.stack(own.scores), torch.stack(passed.scores), rtol=1e-5, atol=1e-5)
+    own_cache = getattr(own, CACHE_FIELD)
+    assert getattr(passed, CACHE_FIELD) is callers_cache
+    assert all(type(layer) is DynamicLayer for layer in callers_cache.self_attention_cache.layers)
+    for layer, reference in zip(own_cache.self_attention_cache.layers, callers_cache.self_attention_cache.layers):
+        assert type(layer) is PreallocatedDynamicLayer and layer.in_place
+        assert_holds_as_dynamic_layer(layer, reference)  # the written positions only
