@@ -219,11 +219,20 @@ def generate_function(model, source: torch.Tensor, config: GenerationConfig):
     return run
 
 
-def prepare_for_generation(models: dict, device: Device) -> None:
-    for model in models.values():
+def prepare_for_generation(models: dict, device: Device, compiled: frozenset = frozenset()) -> None:
+    """Eval mode in the device's dtype; the models named in `compiled` get a compiled forward, as transformers
+    documents for decoding (`torch.compile(model.forward)`, with a static cache: `config_for`)."""
+    for name, model in models.items():
         model.eval()
         if device.dtype != torch.float32:
             model.to(dtype=device.dtype)
+        if name in compiled:
+            model.forward = torch.compile(model.forward, dynamic=False)
+
+
+def config_for(name: str, compiled: frozenset, new_tokens: int, num_beams: int, cache: str | None) -> GenerationConfig:
+    """generation_config for one model: a static cache where its decoding step is compiled."""
+    return generation_config(new_tokens, num_beams, "static" if name in compiled else cache)
 
 
 def benchmark_generation(
@@ -235,15 +244,20 @@ def benchmark_generation(
     length=64,
     clock: str = "wall",
     cache_implementation: str | None = None,
+    compiled: frozenset = frozenset(),
 ) -> list[dict]:
     """tokens/s for each (batch, num_beams) case; tokens = batch x new tokens (beams are not counted)."""
     models = build_models(size, device)
-    prepare_for_generation(models, device)
+    prepare_for_generation(models, device, compiled)
     results = []
     for batch, num_beams in cases:
         source = random_ids(batch, length, size.vocab_size, device, seed=3)
-        config = generation_config(new_tokens, num_beams, cache_implementation)
-        runs = {name: generate_function(model, source, config) for name, model in models.items()}
+        runs = {
+            name: generate_function(
+                model, source, config_for(name, compiled, new_tokens, num_beams, cache_implementation)
+            )
+            for name, model in models.items()
+        }
         seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
         for name in MODEL_NAMES:
@@ -262,16 +276,19 @@ def benchmark_per_token_time(
     length=64,
     clock: str = "wall",
     cache_implementation: str | None = None,
+    compiled: frozenset = frozenset(),
 ) -> dict:
     """Seconds per generated token (greedy, cached) at 32 and 256 new tokens; a cache keeps the ratio near 1."""
     models = build_models(size, device)
-    prepare_for_generation(models, device)
+    prepare_for_generation(models, device, compiled)
     source = random_ids(batch, length, size.vocab_size, device, seed=4)
     result = {"size": size.name, "batch": batch}
     per_token = {}
     for new_tokens in (32, 256):
-        config = generation_config(new_tokens, 1, cache_implementation)
-        runs = {name: generate_function(model, source, config) for name, model in models.items()}
+        runs = {
+            name: generate_function(model, source, config_for(name, compiled, new_tokens, 1, cache_implementation))
+            for name, model in models.items()
+        }
         seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
         for name in MODEL_NAMES:
             per_token[name, new_tokens] = statistics.median(seconds[name]) / new_tokens
@@ -425,6 +442,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="the generation rows with this cache for both models (default: generate's own, a dynamic cache)",
     )
     parser.add_argument(
+        "--compile_decoding",
+        choices=["ours", "both"],
+        help="compile the decoding step (`torch.compile(model.forward)` with a static cache, as transformers documents "
+        "it) of ours, or of both models; a model not compiled runs as the other flags say (default: neither)",
+    )
+    parser.add_argument(
         "--attn_implementation",
         choices=["sdpa", "eager", "flash_attention_2"],
         help="attention of both models (default: flash_attention_2 on CUDA where flash_attn is installed, else sdpa)",
@@ -439,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and args.device == "cuda":
         parser.error("--clock cpu times CPU work only; CUDA runs need the wall clock")
+    compiled = frozenset({"ours": ["ours"], "both": MODEL_NAMES, None: []}[args.compile_decoding])
     sections = set(args.sections.split(","))
     unknown = sections - {"training", "generation", "memory"}
     if unknown:
@@ -479,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
             repeats = 1 if args.smoke else 3 if quick or size is MEDIUM else 11
             report["generation"] += benchmark_generation(
                 size, device, cases, repeats, **generation_shape, clock=args.clock,
-                cache_implementation=args.cache_implementation,
+                cache_implementation=args.cache_implementation, compiled=compiled,
             )  # fmt: skip
         progress("per-token time at 32 and 256 tokens")
         repeats = 1 if args.smoke else 3 if quick else 9
@@ -491,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict:
                 repeats=repeats,
                 clock=args.clock,
                 cache_implementation=args.cache_implementation,
+                compiled=compiled,
             )  # fmt: skip
         )
     if "memory" in sections:
@@ -499,9 +524,10 @@ def main(argv: list[str] | None = None) -> dict:
         workloads.append({"workload": "generate", "size": sizes[-1].name, "batch": 32, "num_beams": 1})
         report["memory"] = benchmark_memory(workloads, device, torch.get_num_threads())
     cache = args.cache_implementation or "dynamic"
+    decoding = f", decoding step compiled with a static cache: {', '.join(sorted(compiled))}" if compiled else ""
     workload = (
         f"{device.type} {report['device']['dtype']}, attention {device.attn_implementation}, {cache} cache, "
-        f"{args.clock} clock"
+        f"{args.clock} clock{decoding}"
     )
     report.finish(format_table(report), workload, args.output)
     return report

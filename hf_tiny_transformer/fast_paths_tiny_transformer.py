@@ -143,10 +143,13 @@ class PreallocatedDynamicLayer(DynamicLayer):
 
     It holds and returns what a DynamicLayer does, and nothing else: `keys` and `values` are [batch, heads, written,
     head_dim] (views; unwritten positions are never part of them; the buffers are kept in LAYER_BUFFERS). Whatever
-    replaces them (`crop`, `reorder_cache` in beam search, `batch_select_indices`, `reset`, an assignment) leaves
-    tensors that are not the views it set, and the next update copies them into new buffers. With gradients (writing
-    into a buffer would change tensors the backward kept) and in compiled or exported graphs it updates as
-    DynamicLayer does.
+    replaces them (`reorder_cache`, `batch_select_indices`, `batch_repeat_interleave`, `reset`, an assignment) leaves
+    tensors that are not the views it set, and the next update copies them back into its buffers where they fit (new
+    buffers otherwise); `crop` leaves a prefix of the buffers, written over by the next steps. Unlike DynamicLayer's,
+    the tensors an earlier step returned may then change; nothing in transformers keeps them. generate() uses it for
+    greedy decoding and sampling (`preallocate_generation_cache`); beam search, which reorders the whole cache at
+    every step, keeps DynamicLayer. With gradients (writing into a buffer would change tensors the backward kept) and
+    in compiled or exported graphs it updates as DynamicLayer does.
     """
 
     def __init__(self, capacity: int):
@@ -167,32 +170,60 @@ class PreallocatedDynamicLayer(DynamicLayer):
         written = self.get_seq_length()
         needed = written + key_states.shape[-2]
         buffers = LAYER_BUFFERS.get(self)
-        if (
-            buffers is None
-            or buffers.key_view is not self.keys
-            or buffers.value_view is not self.values
-            or buffers.keys.shape[2] < needed
-            or (buffers.inference and not torch.is_inference_mode_enabled())
-        ):
-            buffers = self.allocate(key_states, value_states, written, needed)
-            LAYER_BUFFERS[self] = buffers
+        if buffers is None or buffers.key_view is not self.keys or buffers.value_view is not self.values:
+            buffers = self.refill(buffers, key_states, value_states, written, needed)
+        elif buffers.keys.shape[2] < needed or (buffers.inference and not torch.is_inference_mode_enabled()):
+            buffers = self.refill(None, key_states, value_states, written, needed)
         buffers.keys.narrow(2, written, needed - written).copy_(key_states)
         buffers.values.narrow(2, written, needed - written).copy_(value_states)
         self.keys = buffers.key_view = buffers.keys.narrow(2, 0, needed)
         self.values = buffers.value_view = buffers.values.narrow(2, 0, needed)
         return self.keys, self.values
 
-    def allocate(self, key_states: torch.Tensor, value_states: torch.Tensor, written: int, needed: int) -> LayerBuffers:
-        """New buffers for `capacity` positions of states like these, holding what `keys` and `values` hold now."""
-        if needed > self.capacity:
-            self.capacity = 2 * needed
-        buffers = []
-        for held, states in ((self.keys, key_states), (self.values, value_states)):
-            buffer = states.new_empty(states.shape[:2] + (self.capacity,) + states.shape[3:])
-            if written:
-                buffer[:, :, :written].copy_(held)
-            buffers.append(buffer)
-        return LayerBuffers(*buffers, torch.is_inference_mode_enabled())
+    def refill(
+        self,
+        buffers: LayerBuffers | None,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        written: int,
+        needed: int,
+    ) -> LayerBuffers:
+        """Buffers holding what `keys` and `values` hold now, with room for `needed` positions of states like these:
+        the layer's own again when they fit (after beam search's reorder, say: one copy per step, as DynamicLayer's
+        concatenation makes, instead of new buffers at every step), else new ones of `capacity` positions."""
+        if buffers is None or not all(
+            fits(buffer, held, states, needed)
+            for buffer, held, states in (
+                (buffers.keys, self.keys, key_states),
+                (buffers.values, self.values, value_states),
+            )
+        ):
+            if needed > self.capacity:
+                self.capacity = 2 * needed
+            shape = key_states.shape[:2] + (self.capacity,) + key_states.shape[3:]
+            buffers = LayerBuffers(
+                key_states.new_empty(shape), value_states.new_empty(shape), torch.is_inference_mode_enabled()
+            )
+        for buffer, held in ((buffers.keys, self.keys), (buffers.values, self.values)):
+            if written and held.data_ptr() != buffer.data_ptr():  # a prefix of the buffer itself (crop) stays
+                buffer.narrow(2, 0, written).copy_(held)
+        LAYER_BUFFERS[self] = buffers
+        return buffers
+
+
+def fits(buffer: torch.Tensor, held: torch.Tensor, states: torch.Tensor, needed: int) -> bool:
+    """Whether `buffer` can take `held` and then states like `states`, up to `needed` positions: same batch, heads,
+    head width, dtype and device, room enough, writable in the present inference mode, and `held` either a prefix
+    view of it (its first positions, with its strides) or a tensor that shares no memory with it."""
+    if buffer.shape[2] < needed or buffer.shape[:2] + buffer.shape[3:] != states.shape[:2] + states.shape[3:]:
+        return False
+    if buffer.dtype != states.dtype or buffer.device != states.device:
+        return False
+    if buffer.is_inference() and not torch.is_inference_mode_enabled():
+        return False  # in-place writes to an inference tensor are refused outside inference mode
+    if held.numel() == 0 or held.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr():
+        return True
+    return held.data_ptr() == buffer.data_ptr() and held.stride() == buffer.stride()
 
 
 def preallocate_generation_cache(cache: object, capacity: int) -> None:

@@ -669,12 +669,13 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
     ) -> None:
         """generate()'s cache, as transformers makes it; when that is its default dynamic cache (the caller passed
-        none), its self-attention layers write each step in place (`PreallocatedDynamicLayer`)."""
+        none) and no beam search reorders it at every step, its self-attention layers write each step in place
+        (`PreallocatedDynamicLayer`)."""
         callers_cache = model_kwargs.get(CACHE_FIELD)
         super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
         )
-        if callers_cache is None:
+        if callers_cache is None and generation_config.num_beams == 1:
             preallocate_generation_cache(model_kwargs.get(CACHE_FIELD), max_cache_length)
 
     @can_return_tuple

@@ -11,8 +11,8 @@ from conftest import STEP_SCORES
 from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 
-import hf_tiny_transformer.modeling_tiny_transformer as modeling
 import hf_tiny_transformer.fast_paths_tiny_transformer as fast_paths
+import hf_tiny_transformer.modeling_tiny_transformer as modeling
 from hf_tiny_transformer.fast_paths_tiny_transformer import PreallocatedDynamicLayer, apply_dropout, written_slots
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 
@@ -219,8 +219,8 @@ def test_preallocated_layer_concatenates_with_gradients_in_small_caches_and_afte
 def test_generate_writes_its_own_cache_in_place_and_leaves_the_callers_cache_alone(
     make_model, batch, monkeypatch, num_beams
 ):
-    """generate()'s default cache gets PreallocatedDynamicLayers and gives the tokens and scores of transformers'
-    DynamicLayers (a cache the caller passes, which stays as it was made), greedy and with beam search."""
+    """generate()'s default cache gets PreallocatedDynamicLayers (greedy) and gives the tokens and scores of
+    transformers' DynamicLayers (a cache the caller passes, which stays as it was made), greedy and with beam search."""
     monkeypatch.setattr(fast_paths, "IN_PLACE_MIN_ELEMENTS", 0)  # in place even at this tiny size
     model = make_model("sdpa")
     input_ids, attention_mask = batch(model.config.vocab_size, [6, 4])
@@ -233,6 +233,9 @@ def test_generate_writes_its_own_cache_in_place_and_leaves_the_callers_cache_alo
     own_cache = getattr(own, CACHE_FIELD)
     assert getattr(passed, CACHE_FIELD) is callers_cache
     assert all(type(layer) is DynamicLayer for layer in callers_cache.self_attention_cache.layers)
+    # Beam search reorders the whole cache at every step: there transformers' DynamicLayer is the faster (it only
+    # copies what the reorder copied; bench/README.md), and generate keeps it.
+    own_kind = PreallocatedDynamicLayer if num_beams == 1 else DynamicLayer
     for layer, reference in zip(own_cache.self_attention_cache.layers, callers_cache.self_attention_cache.layers):
-        assert type(layer) is PreallocatedDynamicLayer and layer.in_place
+        assert type(layer) is own_kind and getattr(layer, "in_place", True)
         assert_holds_as_dynamic_layer(layer, reference)  # the written positions only
