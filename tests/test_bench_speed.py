@@ -32,6 +32,25 @@ def test_speed_benchmark_times_both_models_with_a_static_cache_on_the_cpu_clock(
     assert all(result[name]["tokens_per_s"] > 0 for result in report["generation"] for name in ("ours", "bart"))
 
 
+def test_compile_decoding_compiles_the_named_models_and_gives_them_a_static_cache(bench):
+    """`--compile_decoding ours|both`: the decoding step compiled as transformers documents it (a compiled forward,
+    a static cache) for the models named; the others keep generate's default cache. Checked without compiling: a
+    compilation would cost the suite tens of seconds on a fresh machine, and the compiled step's tokens are tested in
+    tests/test_compile_and_export.py."""
+    compare = bench("compare_with_bart")
+    device = compare.pick_device("cpu")
+    models = compare.build_models(compare.TINY, device)
+    plain_forward = models["bart"].forward
+    compare.prepare_for_generation(models, device, frozenset({"ours"}))
+    assert models["ours"].forward is not type(models["ours"]).forward
+    assert getattr(models["ours"].forward, "_torchdynamo_orig_callable", None) is not None  # torch.compile's wrapper
+    assert models["bart"].forward == plain_forward and not models["bart"].training
+    assert compare.config_for("ours", frozenset({"ours"}), 8, 1, None).cache_implementation == "static"
+    assert compare.config_for("bart", frozenset({"ours"}), 8, 1, None).cache_implementation is None
+    with pytest.raises(SystemExit):
+        compare.main(["--smoke", "--compile_decoding", "bart"])  # ours or both only
+
+
 def test_speed_path_comparisons_run(bench, capsys):
     bench("speed_paths").main(["--smoke", "--repeats", "1", "--clock", "cpu"])
     printed = capsys.readouterr().out
@@ -40,6 +59,7 @@ def test_speed_path_comparisons_run(bench, capsys):
         "lean step inputs",
         "eager attention for bf16 on CPU: training step",
         "static cache, written slots only",
+        "generate's own cache written in place",
         "(cpu clock)",
     ):
         assert what in printed
