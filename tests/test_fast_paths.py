@@ -193,7 +193,7 @@ def test_preallocated_layer_holds_what_a_dynamic_layer_holds_through_every_cache
             batch = {"batch_select_indices": 2, "batch_repeat_interleave": 4}.get(name, batch)
             after = step(layer, reference, batch)  # past the first capacity after reorder_cache: the buffers grow
             assert step(layer, reference, batch)[0].data_ptr() == after[0].data_ptr(), name  # in place again
-        assert layer.get_seq_length() == 2 and layer.capacity > 6
+        assert layer.capacity > 6  # outgrown after the reorder: the buffers grew
 
 
 def test_preallocated_layer_concatenates_with_gradients_in_small_caches_and_after_inference_mode(monkeypatch):
