@@ -7,19 +7,21 @@ Ready to be a Hugging Face Space (demo/README.md): without --model, the model is
 variable TINY_TRANSFORMER_MODEL. The page's logic is `hf_tiny_transformer_train.demo`; this file only lays it out.
 """
 
+from __future__ import annotations
+
 import argparse
 import io
 import os
+from typing import TYPE_CHECKING
 
-# Before Gradio is imported: no telemetry and no version check, so that the page reaches nothing outside this machine.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import gradio as gr
 from matplotlib.figure import Figure
 from PIL import Image
 
 from hf_tiny_transformer_train.data import TASKS
 from hf_tiny_transformer_train.demo import EXAMPLES, Demo
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 MODEL_VARIABLE = "TINY_TRANSFORMER_MODEL"
 
@@ -35,6 +37,11 @@ def figure_image(figure: Figure) -> Image.Image:
 def build_page(demo: Demo) -> gr.Blocks:
     """The page: an input box, the model's answer and the right answer side by side, a verdict with notes, and the
     cross-attention figure."""
+    # Imported here, once the arguments and the model are checked: Gradio takes about 2 s to import, and a wrong
+    # --model is reported before that. No telemetry and no version check, so that the page reaches nothing outside
+    # this machine (read as Gradio is imported).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
 
     def answer(text: str) -> tuple[str, str, str, Image.Image | None]:
         response = demo.respond(text)

@@ -304,7 +304,7 @@ def test_page_answers_typed_numbers_in_a_real_browser(chromium_driver, served_pa
 @pytest.mark.slow
 def test_app_on_a_folder_that_names_no_task_says_how_to_name_one(tmp_path, environment):
     completed = subprocess.run(
-        [sys.executable, str(REPO / "demo" / "app.py"), "--model", str(tmp_path)],
+        [sys.executable, "-X", "importtime", str(REPO / "demo" / "app.py"), "--model", str(tmp_path)],
         env=environment(tmp_path),
         capture_output=True,
         text=True,
@@ -314,3 +314,7 @@ def test_app_on_a_folder_that_names_no_task_says_how_to_name_one(tmp_path, envir
     assert f"cannot read the model card (README.md) of '{tmp_path}'" in completed.stderr
     assert "name the task with --task (copy, reverse, sort, add)" in completed.stderr
     assert "Traceback" not in completed.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in completed.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "gradio" not in imported  # the argument is refused before Gradio's imports (about 2 s)
