@@ -124,7 +124,6 @@ LAYER_BUFFERS: "weakref.WeakKeyDictionary[PreallocatedDynamicLayer, LayerBuffers
 class LayerBuffers:
     keys: torch.Tensor  # [batch, heads, capacity, head_dim]
     values: torch.Tensor
-    inference: bool  # made in inference mode: outside it, they cannot be written in place
     key_view: torch.Tensor | None = None  # the layer's `keys` as update() last set them: the written positions
     value_view: torch.Tensor | None = None
 
@@ -170,10 +169,14 @@ class PreallocatedDynamicLayer(DynamicLayer):
         written = self.get_seq_length()
         needed = written + key_states.shape[-2]
         buffers = LAYER_BUFFERS.get(self)
-        if buffers is None or buffers.key_view is not self.keys or buffers.value_view is not self.values:
+        if (
+            buffers is None
+            or buffers.key_view is not self.keys
+            or buffers.value_view is not self.values
+            or buffers.keys.shape[2] < needed
+            or (buffers.keys.is_inference() and not torch.is_inference_mode_enabled())
+        ):
             buffers = self.refill(buffers, key_states, value_states, written, needed)
-        elif buffers.keys.shape[2] < needed or (buffers.inference and not torch.is_inference_mode_enabled()):
-            buffers = self.refill(None, key_states, value_states, written, needed)
         buffers.keys.narrow(2, written, needed - written).copy_(key_states)
         buffers.values.narrow(2, written, needed - written).copy_(value_states)
         self.keys = buffers.key_view = buffers.keys.narrow(2, 0, needed)
@@ -201,9 +204,7 @@ class PreallocatedDynamicLayer(DynamicLayer):
             if needed > self.capacity:
                 self.capacity = 2 * needed
             shape = key_states.shape[:2] + (self.capacity,) + key_states.shape[3:]
-            buffers = LayerBuffers(
-                key_states.new_empty(shape), value_states.new_empty(shape), torch.is_inference_mode_enabled()
-            )
+            buffers = LayerBuffers(key_states.new_empty(shape), value_states.new_empty(shape))
         for buffer, held in ((buffers.keys, self.keys), (buffers.values, self.values)):
             if written and held.data_ptr() != buffer.data_ptr():  # a prefix of the buffer itself (crop) stays
                 buffer.narrow(2, 0, written).copy_(held)
