@@ -43,10 +43,11 @@ def build_model(
     dropout: float,
     position_embedding_type: str = "learned",
     seed: int = 0,
+    occurrence_bias: bool = False,
 ) -> torch.nn.Module:
     """Ours or BART ("ours", "bart") with the same dimensions, GELU, tied embeddings, the same dropout and special
     ids, its weights drawn after `torch.manual_seed(seed)`. Ours has `position_embedding_type` (learned, like BART's,
-    gives both the same parameter count); each keeps its own norm placement (ours pre-norm, BART post-norm) and
+    gives both the same parameter count) and, with `occurrence_bias`, the occurrence bias; each keeps its own norm placement (ours pre-norm, BART post-norm) and
     embedding scaling (BART none; ours × √d_model only with sinusoidal positions)."""
     special = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
     torch.manual_seed(seed)
@@ -64,7 +65,8 @@ def build_model(
     config = TinyTransformerConfig(
         vocab_size=vocab_size, d_model=d_model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
         num_attention_heads=num_attention_heads, ffn_dim=ffn_dim, max_position_embeddings=max_position_embeddings,
-        dropout=dropout, activation_function="gelu", position_embedding_type=position_embedding_type, **special,
+        dropout=dropout, activation_function="gelu", position_embedding_type=position_embedding_type,
+        occurrence_bias=occurrence_bias, **special,
     )  # fmt: skip
     return TinyTransformerForConditionalGeneration(config)
 

@@ -20,9 +20,9 @@ eager is the equations above written out and returns α for interpretability.
 
 In reading order: token embeddings, masks, attention, the residual sub-layer and the feed-forward network, the two
 layers, the pre-trained base, the stack that the encoder and the decoder share, the encoder, the decoder and the two
-public models. Sibling modules hold the absolute positions' vectors, the relative positions' biases, the speed paths,
-the input checks and the checkpoint checks; `save_pretrained` copies them all next to the weights, so that
-`trust_remote_code=True` loads without this package.
+public models. Sibling modules hold the absolute positions' vectors, the relative positions' biases, the occurrence
+bias, the speed paths, the input checks and the checkpoint checks; `save_pretrained` copies them all next to the
+weights, so that `trust_remote_code=True` loads without this package.
 """
 
 import math
@@ -72,6 +72,15 @@ from .input_checks_tiny_transformer import (
     check_labels_shape,
     check_length,
     check_token_ids,
+)
+from .occurrences_tiny_transformer import (
+    TinyTransformerEncoderOutput,
+    TinyTransformerOccurrenceBias,
+    decoder_occurrence_indices,
+    encoder_occurrence_indices,
+    encoder_output_from_tuple,
+    occurrence_indices,
+    source_occurrence_indices,
 )
 from .relative_positions_tiny_transformer import TinyTransformerDecoderPositionBias, TinyTransformerEncoderPositionBias
 
@@ -428,12 +437,15 @@ class TinyTransformerStack(TinyTransformerPreTrainedModel):
         layer_class: type[GradientCheckpointingLayer],
         num_layers: int,
         position_bias_class: type[nn.Module],
+        occurrence_bias_class: type[nn.Module] | None = None,
     ):
         super().__init__(config)
         self.embed_tokens = TinyTransformerScaledEmbedding(config)
         self.embed_positions = absolute_position_embedding(config)
         relative = config.position_embedding_type == "relative"
         self.position_bias = position_bias_class(config) if relative else None
+        use_occurrences = config.occurrence_bias and occurrence_bias_class is not None
+        self.occurrence_bias = occurrence_bias_class(config) if use_occurrences else None
         self.dropout = config.dropout
         self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
         self.final_layer_norm = nn.LayerNorm(config.d_model) if config.norm_position == "pre" else None
@@ -456,7 +468,7 @@ class TinyTransformerEncoder(TinyTransformerStack):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutput:
+    ) -> TinyTransformerEncoderOutput:
         config = self.config
         kwargs.pop("cache", None)  # generate() in transformers 5.17 hands a user's decoder cache to the encoder too
         check_ids_or_embeddings(
@@ -467,6 +479,7 @@ class TinyTransformerEncoder(TinyTransformerStack):
         batch_size, source_length = inputs_embeds.shape[:2]
         check_attention_mask(attention_mask, "attention_mask", batch_size, source_length)
         check_length(source_length, config.position_limit, "input_ids")
+        indices = encoder_occurrence_indices(config, input_ids, attention_mask)  # None without the occurrence bias
 
         position_ids = token_positions(attention_mask, source_length, inputs_embeds.device)
         hidden_states = inputs_embeds
@@ -482,7 +495,7 @@ class TinyTransformerEncoder(TinyTransformerStack):
             hidden_states = layer(hidden_states, self_attention_mask, **kwargs)
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+        return TinyTransformerEncoderOutput(last_hidden_state=hidden_states, occurrence_indices=indices)
 
 
 class TinyTransformerDecoder(TinyTransformerStack):
@@ -496,7 +509,13 @@ class TinyTransformerDecoder(TinyTransformerStack):
     }
 
     def __init__(self, config: TinyTransformerConfig):
-        super().__init__(config, TinyTransformerDecoderLayer, config.decoder_layers, TinyTransformerDecoderPositionBias)
+        super().__init__(
+            config,
+            TinyTransformerDecoderLayer,
+            config.decoder_layers,
+            TinyTransformerDecoderPositionBias,
+            TinyTransformerOccurrenceBias,
+        )
 
     @merge_with_config_defaults
     @capture_outputs
@@ -510,6 +529,8 @@ class TinyTransformerDecoder(TinyTransformerStack):
         cache: EncoderDecoderCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        occurrence_indices: torch.LongTensor | None = None,
+        encoder_occurrence_indices: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         config = self.config
@@ -546,12 +567,20 @@ class TinyTransformerDecoder(TinyTransformerStack):
         hidden_states = apply_dropout(hidden_states, self.dropout, self.training)
         self_attention_mask = causal_mask(config, inputs_embeds, attention_mask, cache)
         cross_attention_mask = padding_mask(config, inputs_embeds, encoder_attention_mask, encoder_hidden_states)
+        cross_bias = None
         if self.position_bias is not None:
             # The keys: every cached position and the new ones (a mask over a static cache covers its empty slots too).
             key_length = past_length + target_length if self_attention_mask is None else self_attention_mask.shape[-1]
             source_positions = token_positions(encoder_attention_mask, source_length, inputs_embeds.device)
             self_bias, cross_bias = self.position_bias(position_ids, key_length, source_positions)
             self_attention_mask = add_position_bias(self_attention_mask, self_bias, is_causal=True)
+        if self.occurrence_bias is not None:
+            occurrence_bias = self.occurrence_bias(
+                decoder_occurrence_indices(occurrence_indices, input_ids, attention_mask, past_length, target_length),
+                source_occurrence_indices(encoder_occurrence_indices, batch_size, source_length),
+            )
+            cross_bias = occurrence_bias if cross_bias is None else cross_bias + occurrence_bias
+        if cross_bias is not None:
             cross_attention_mask = add_position_bias(cross_attention_mask, cross_bias, is_causal=False)
 
         for layer in self.layers:
@@ -597,14 +626,28 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        decoder_occurrence_indices: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
+        r"""
+        decoder_occurrence_indices (`torch.LongTensor` of shape `[batch, target_length]`, *optional*):
+            With `config.occurrence_bias`, for a decoding step with a cache: how many earlier decoder tokens have each
+            new token's id, counted over every decoder token so far (`generate` passes them). Without a cache the
+            decoder counts them itself.
+        """
+        if decoder_occurrence_indices is not None and not self.config.occurrence_bias:
+            raise ValueError(
+                "`decoder_occurrence_indices` are for a model with `occurrence_bias=True`; this one has none."
+            )
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(*encoder_outputs[:3])  # (last_hidden_state, hidden_states, attentions)
+            encoder_outputs = encoder_output_from_tuple(encoder_outputs)
+        source_indices = getattr(encoder_outputs, "occurrence_indices", None)
+        if source_indices is None and self.config.occurrence_bias and input_ids is not None:
+            source_indices = occurrence_indices(input_ids, attention_mask)  # encoder outputs given with the ids
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."
@@ -617,6 +660,8 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            occurrence_indices=decoder_occurrence_indices,
+            encoder_occurrence_indices=source_indices,
             **kwargs,
         )
         return Seq2SeqModelOutput(
@@ -663,7 +708,12 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             return super().prepare_inputs_for_generation(
                 input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
             )
-        return lean_generation_inputs(input_ids, next_sequence_length, attention_mask, kwargs)
+        inputs = lean_generation_inputs(input_ids, next_sequence_length, attention_mask, kwargs)
+        if self.config.occurrence_bias:
+            # The step's new tokens, counted over every decoder token so far: the cache holds no ids to count.
+            new_length = inputs["decoder_input_ids"].shape[1]
+            inputs["decoder_occurrence_indices"] = occurrence_indices(input_ids, last=new_length)
+        return inputs
 
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
@@ -692,12 +742,15 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        decoder_occurrence_indices: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch, target_length]`, *optional*):
             Target ids in `[0, vocab_size)`, or -100 for positions the loss ignores. When given and no
             `decoder_input_ids` are, the decoder reads the labels shifted right behind `decoder_start_token_id`.
+        decoder_occurrence_indices (`torch.LongTensor` of shape `[batch, target_length]`, *optional*):
+            See `TinyTransformerModel.forward`.
         num_items_in_batch (keyword, *optional*):
             Passed by the Trainer: the number of non-ignored label tokens in the whole accumulated batch. The loss is
             then the token sum divided by it, so gradient accumulation matches one large batch exactly.
@@ -719,6 +772,7 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
+            decoder_occurrence_indices=decoder_occurrence_indices,
             **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)

@@ -106,6 +106,15 @@ def seeded_model(
     return model
 
 
+def occurrence_bias_model(seed: int = 0, attn_implementation: str | None = None, **overrides):
+    """A seeded tiny model with the occurrence bias (`overrides` set other fields), its table drawn from N(0, 3²) so
+    that outputs depend on it: with the initial table (std 0.02) a wrong occurrence index would hardly change them."""
+    model = seeded_model(tiny_config(occurrence_bias=True, **overrides), seed, attn_implementation)
+    with torch.no_grad():
+        model.model.decoder.occurrence_bias.bias.weight.normal_(0, 3, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
 @pytest.fixture
 def make_config(position_embedding_type):
     """A tiny config with the position scheme of this run of the test; keyword arguments override its fields."""

@@ -190,6 +190,8 @@ def test_export_refuses_what_it_cannot_export(tmp_path):
         export_onnx(model.model, tmp_path)
     with pytest.raises(ValueError, match="float32"):
         export_onnx(decisive_model("relative").to(torch.bfloat16), tmp_path)
+    with pytest.raises(ValueError, match="does not export models with `occurrence_bias=True`"):
+        export_onnx(decisive_model("relative", occurrence_bias=True), tmp_path)
     beam_model = decisive_model("relative")
     beam_model.generation_config.num_beams = 3
     with pytest.raises(ValueError, match="num_beams=3"):

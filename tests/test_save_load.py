@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import occurrence_bias_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.testing_utils import CaptureLogger
@@ -18,8 +19,10 @@ from hf_tiny_transformer.absolute_positions_tiny_transformer import sinusoidal_p
 from hf_tiny_transformer.checkpoint_checks_tiny_transformer import PROJECTION_WEIGHT
 
 
-def inputs_for(model, batch):
+def inputs_for(model, batch, repeats: bool = False):
     input_ids, attention_mask = batch(model.config.vocab_size, [7, 4])
+    if repeats:  # three values, each repeated (pad ids stay pad)
+        input_ids = torch.where(attention_mask.bool(), 3 + input_ids % 3, input_ids)
     return dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :5])
 
 
@@ -221,29 +224,29 @@ def test_remote_code_loads_in_a_fresh_process_without_our_package(
 ):
     # Exact comparison across processes: this side computes with the child's thread count (the fixture), and the
     # child, started with OMP_NUM_THREADS from the environment, with the same.
+    models = {**tiny_model_of_each_scheme, "occurrence_bias": occurrence_bias_model(position_embedding_type="relative")}
     inputs = {}
-    for scheme, model in tiny_model_of_each_scheme.items():
-        model.save_pretrained(tmp_path / scheme / "checkpoint")
-        inputs[scheme] = inputs_for(model, batch)
-        torch.save(inputs[scheme], tmp_path / scheme / "inputs.pt")
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name / "checkpoint")
+        inputs[name] = inputs_for(model, batch, repeats=name == "occurrence_bias")
+        torch.save(inputs[name], tmp_path / name / "inputs.pt")
     # ... and a checkpoint of the earlier [in, out] layout, converted by the copied code as it loads.
-    save_in_earlier_layout(tiny_model_of_each_scheme["relative"], tmp_path / "earlier" / "checkpoint")
+    save_in_earlier_layout(models["relative"], tmp_path / "earlier" / "checkpoint")
     torch.save(inputs["relative"], tmp_path / "earlier" / "inputs.pt")
+    models["earlier"], inputs["earlier"] = models["relative"], inputs["relative"]
     environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     environment.pop("PYTHONPATH", None)
-    folders = [str(tmp_path / scheme) for scheme in [*tiny_model_of_each_scheme, "earlier"]]
     completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *folders],
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, *(str(tmp_path / name) for name in models)],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
-    for folder, scheme in [*zip(tiny_model_of_each_scheme, tiny_model_of_each_scheme), ("earlier", "relative")]:
-        model = tiny_model_of_each_scheme[scheme]
-        result = torch.load(tmp_path / folder / "out.pt")
-        assert result["position_embedding_type"] == scheme
+    for name, model in models.items():
+        result = torch.load(tmp_path / name / "out.pt")
+        assert result["position_embedding_type"] == model.config.position_embedding_type
         assert result["module"].startswith("transformers_modules.")
-        assert torch.equal(result["logits"], model(**inputs[scheme]).logits), scheme
+        assert torch.equal(result["logits"], model(**inputs[name]).logits), name
         expected = model.generate(
-            inputs[scheme]["input_ids"], attention_mask=inputs[scheme]["attention_mask"], max_new_tokens=6, num_beams=2
+            inputs[name]["input_ids"], attention_mask=inputs[name]["attention_mask"], max_new_tokens=6, num_beams=2
         )
-        assert torch.equal(result["generated"], expected), scheme
+        assert torch.equal(result["generated"], expected), name

@@ -122,9 +122,10 @@ def test_the_relative_recipes_set_the_scale_and_a_recipes_value_is_inert_without
         (["--position_bias_learning_rate_scale", "0"], "--position_bias_learning_rate_scale must be positive; got 0"),
         (["--position_bias_learning_rate_scale", "-2"], "--position_bias_learning_rate_scale must be positive"),
         (
-            ["--task", "sort", "--position_embedding_type", "learned", "--position_bias_learning_rate_scale", "5"],
-            "--position_bias_learning_rate_scale acts on relative position biases; this model's "
-            "position_embedding_type is 'learned'",
+            ["--task", "sort", "--position_embedding_type", "learned", "--occurrence_bias", "false"]
+            + ["--position_bias_learning_rate_scale", "5"],
+            "--position_bias_learning_rate_scale acts on relative position biases and occurrence biases; this "
+            "model's position_embedding_type is 'learned' and it has no occurrence bias",
         ),
         (
             ["--task", "copy", "--position_embedding_type", "sinusoidal", "--position_bias_learning_rate_scale", "3"],

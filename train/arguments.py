@@ -56,6 +56,13 @@ class NewModelArguments:
             "choices": list(POSITION_EMBEDDING_TYPES),
         },
     )
+    occurrence_bias: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Encoder-decoder attention of a new model adds a learned bias by how many times the source token "
+            "and the decoder's token occurred before, so that it can count repeated values (sort needs it)."
+        },
+    )
     norm_position: str | None = field(
         default=None,
         metadata={"help": "LayerNorm placement of a new model.", "choices": list(NORM_POSITIONS)},
@@ -314,9 +321,10 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     position_bias_learning_rate_scale: float = field(
         default=1.0,
         metadata={
-            "help": "Learning rate of the relative position-bias tables, as a multiple of --learning_rate (the "
-            "built-in tasks' recipes: 10). Adam moves each weight by about the learning rate per step, and a table "
-            "must reach biases of several units before a head attends to one distance alone. Relative positions only."
+            "help": "Learning rate of the relative position-bias and occurrence-bias tables, as a multiple of "
+            "--learning_rate (the built-in tasks' recipes: 10). Adam moves each weight by about the learning rate per "
+            "step, and a table must reach biases of several units before a head attends to one distance alone. "
+            "Relative positions or --occurrence_bias only."
         },
     )
 
@@ -562,13 +570,17 @@ def check_position_bias_learning_rate(
     if "position_bias_learning_rate_scale" not in data_args.recipe_overrides:
         return
     if model_args.model_name_or_path is not None:
-        scheme = getattr(checkpoint_config(model_args), "position_embedding_type", None)
+        config = checkpoint_config(model_args)
+        scheme = getattr(config, "position_embedding_type", None)
+        occurrences = getattr(config, "occurrence_bias", False)
     else:
         scheme = model_args.position_embedding_type or TinyTransformerConfig().position_embedding_type
-    if scheme != "relative":
+        occurrences = bool(model_args.occurrence_bias)
+    if scheme != "relative" and not occurrences:
         raise ValueError(
-            f"--position_bias_learning_rate_scale acts on relative position biases; this model's "
-            f"position_embedding_type is {scheme!r} (pass --position_embedding_type relative, or leave the flag out)"
+            f"--position_bias_learning_rate_scale acts on relative position biases and occurrence biases; this "
+            f"model's position_embedding_type is {scheme!r} and it has no occurrence bias (pass "
+            "--position_embedding_type relative, or leave the flag out)"
         )
 
 

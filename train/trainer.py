@@ -13,17 +13,17 @@ through products (QKᵀ), so their rate is not the limit.
 from torch import nn
 from transformers import Seq2SeqTrainer
 
-# The model's relative position-bias modules, by attribute name (TinyTransformerStack.position_bias): also found in a
+# The model's bias tables, by attribute name (TinyTransformerStack.position_bias, .occurrence_bias): also found in a
 # model loaded with trust_remote_code, whose classes are copies of this package's.
-POSITION_BIAS_MODULE = "position_bias"
+BIAS_TABLE_MODULES = ("position_bias", "occurrence_bias")
 
 
 def position_bias_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters of `model`'s relative position-bias tables (none for other position schemes)."""
+    """The trainable parameters of `model`'s relative position-bias and occurrence-bias tables (none without)."""
     return [
         parameter
         for name, parameter in model.named_parameters()
-        if POSITION_BIAS_MODULE in name.split(".") and parameter.requires_grad
+        if set(BIAS_TABLE_MODULES) & set(name.split(".")) and parameter.requires_grad
     ]
 
 

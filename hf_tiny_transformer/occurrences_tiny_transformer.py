@@ -1,0 +1,161 @@
+"""Occurrence bias of TinyTransformer (`occurrence_bias=True`): encoder-decoder attention also compares how many times
+the decoder's token and each source token occurred before, in their own sequences.
+
+Why. Sorting `7 3 7 7` means writing 7 exactly as often as the source holds it, and softmax attention cannot count:
+its weights α sum to 1, so a head attending to every 7 of the source returns their mean, the same for three 7s as for
+thirty, and the count reaches the model only as a share of the keys, less and less precisely as counts grow (sort
+trained on 1-50 integers for 5,000 steps: 2-3 distinct values 57.5-72% exact match, a run of one value inside random
+numbers 84-91%; bench/README.md, "Sort with repeats"). Counting becomes a lookup once each token's occurrence index is
+known: having read its (r+1)-th `7`, the decoder has written r + 1 sevens, and writes another exactly when the source
+holds a 7 of index r + 1.
+
+What. The occurrence index of token t of a sequence is o_t = #{u < t : x_u = x_t}, padding not counted (0 for an id's
+first occurrence). Encoder-decoder attention adds a learned bias per head looked up by the difference between the
+source key's index and the decoder query's, o_j - r_i, clipped to ±OCCURRENCE_MAX_DIFFERENCE:
+S = QKᵀ/√d + B_position + B_occurrence. Together with the content score (the keys of the token the decoder reads),
+the bias of difference +1 points a head at the next copy to write and nowhere else, at any count and any length:
+the same trained table serves 3 copies and 100. It is the relative position bias of relative_positions_tiny_transformer
+with occurrence indices in place of positions.
+
+The indices come from the token ids: the encoder returns the source's with its output (`occurrence_indices`) and the
+decoder counts its own inputs; a decoding step with a cache sees only its new tokens, so `generate` passes their
+indices counted over every decoder token so far (`decoder_occurrence_indices`). This file is copied next to the
+weights by `save_pretrained` (the model file imports it), so it imports only torch, transformers and the config.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_tiny_transformer import TinyTransformerConfig
+
+# Differences beyond ±4 share the end buckets: a head needs the next copy (+1) and the one just written (0) told
+# apart from the others, not their distances.
+OCCURRENCE_MAX_DIFFERENCE = 4
+
+
+def occurrence_indices(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, last: int | None = None
+) -> torch.Tensor:
+    """o_t = #{u < t : ids_u = ids_t, u not padding} as [batch, length], or for the `last` positions only (a decoding
+    step's new tokens, counted over the whole sequence)."""
+    length = input_ids.shape[1]
+    queries = input_ids if last is None else input_ids[:, length - last :]
+    positions = torch.arange(length, device=input_ids.device)
+    earlier = positions[None, :] < positions[length - queries.shape[1] :, None]  # [query, key]: key before query
+    same = (queries[:, :, None] == input_ids[:, None, :]) & earlier
+    if attention_mask is not None:
+        same = same & attention_mask.bool()[:, None, :]
+    return same.sum(-1)
+
+
+def check_occurrence_indices(indices, name: str, batch_size: int, length: int) -> None:
+    """`ValueError` naming `name` unless `indices` is an integer tensor of shape [batch_size, length], >= 0."""
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
+        raise ValueError(f"`{name}` must be an integer tensor, got {type(indices).__name__}.")
+    if tuple(indices.shape) != (batch_size, length):
+        raise ValueError(f"`{name}` must have shape [{batch_size}, {length}], got {list(indices.shape)}.")
+    if not torch.compiler.is_compiling() and indices.numel() and int(indices.min()) < 0:
+        raise ValueError(f"`{name}` holds counts of earlier tokens, which cannot be negative.")
+
+
+def encoder_occurrence_indices(
+    config: TinyTransformerConfig, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The source's occurrence indices, which the encoder returns for the decoder's bias (None without one); checked
+    before the encoder computes anything."""
+    if not config.occurrence_bias:
+        return None
+    check_backend(config)
+    if input_ids is None:
+        raise ValueError("occurrence_bias=True counts repeated token ids: pass `input_ids`, not `inputs_embeds`.")
+    return occurrence_indices(input_ids, attention_mask)
+
+
+def decoder_occurrence_indices(
+    given: torch.Tensor | None,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    past_length,
+    target_length: int,
+) -> torch.Tensor:
+    """The occurrence indices of the decoder's new tokens: those given (a step with a cache), or counted over
+    `input_ids` when they are the whole sequence."""
+    if given is not None:
+        batch_size = given.shape[0] if input_ids is None else input_ids.shape[0]
+        check_occurrence_indices(given, "decoder_occurrence_indices", batch_size, target_length)
+        return given
+    if input_ids is None:
+        raise ValueError(
+            "occurrence_bias=True counts repeated token ids: pass `decoder_input_ids`, not `decoder_inputs_embeds`."
+        )
+    if past_length:
+        raise ValueError(
+            "occurrence_bias=True: a decoding step with a cache sees only its new tokens, so pass "
+            "`decoder_occurrence_indices`, theirs counted over every decoder token so far "
+            "(`occurrence_indices(all_decoder_ids, last=new_tokens)`), as generate does."
+        )
+    # A 4-D mask is a caller's own attention pattern, not padding: every token counts.
+    mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+    return occurrence_indices(input_ids, mask)
+
+
+def source_occurrence_indices(given: torch.Tensor | None, batch_size: int, source_length: int) -> torch.Tensor:
+    """The source's occurrence indices, as the encoder returned them; `ValueError` if they are missing."""
+    if given is None:
+        raise ValueError(
+            "occurrence_bias=True: the decoder compares occurrence indices with the source's; pass `input_ids`, or "
+            "`encoder_outputs` as the encoder returns them (with their `occurrence_indices`)."
+        )
+    check_occurrence_indices(given, "encoder_outputs.occurrence_indices", batch_size, source_length)
+    return given
+
+
+def check_backend(config: TinyTransformerConfig) -> None:
+    if config._attn_implementation not in ("eager", "sdpa"):
+        raise ValueError(
+            "occurrence_bias=True adds a bias to the encoder-decoder attention scores, which attn_implementation "
+            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
+        )
+
+
+class TinyTransformerOccurrenceBias(nn.Module):
+    """B[h, i, j] = b_h(clip(o_j - r_i)): one learned bias per head and occurrence difference between source key j and
+    decoder query i, added to the encoder-decoder attention scores. Shared by all the decoder's layers."""
+
+    def __init__(self, config: TinyTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.bias = nn.Embedding(2 * OCCURRENCE_MAX_DIFFERENCE + 1, config.num_attention_heads)
+
+    def forward(self, decoder_indices: torch.Tensor, source_indices: torch.Tensor) -> torch.Tensor:
+        """[batch, query] and [batch, key] occurrence indices -> B as [batch, heads, query, key]."""
+        check_backend(self.config)
+        difference = source_indices[:, None, :] - decoder_indices[:, :, None]
+        buckets = difference.clamp(-OCCURRENCE_MAX_DIFFERENCE, OCCURRENCE_MAX_DIFFERENCE) + OCCURRENCE_MAX_DIFFERENCE
+        # one-hot @ table, as the relative position bias does: a backward of one matrix product instead of a scatter.
+        one_hot = F.one_hot(buckets, self.bias.num_embeddings).to(self.bias.weight.dtype)
+        return (one_hot @ self.bias.weight).permute(0, 3, 1, 2)
+
+
+@dataclass
+class TinyTransformerEncoderOutput(BaseModelOutput):
+    r"""
+    occurrence_indices (`torch.LongTensor` of shape `[batch, source_length]`, *optional*):
+        With `config.occurrence_bias`: how many earlier source tokens have each token's id, which the decoder's
+        occurrence bias compares with its own (occurrences_tiny_transformer.py).
+    """
+
+    occurrence_indices: torch.LongTensor | None = None
+
+
+def encoder_output_from_tuple(outputs: tuple) -> TinyTransformerEncoderOutput:
+    """Encoder outputs passed as a tuple (the encoder's with `return_dict=False`, its fields that are not None in
+    order, or a caller's): the states, hidden states and attentions, and the occurrence indices, its integer tensor."""
+    is_indices = [isinstance(item, torch.Tensor) and not item.is_floating_point() for item in outputs]
+    indices = next((item for item, flag in zip(outputs, is_indices) if flag), None)
+    states = [item for item, flag in zip(outputs, is_indices) if not flag]
+    return TinyTransformerEncoderOutput(*states[:3], occurrence_indices=indices)

@@ -1,0 +1,155 @@
+"""The occurrence bias (occurrences_tiny_transformer.py): the indices it counts, the bias it adds to encoder-decoder
+attention, the same outputs on every path (cache or none, beams, backends, padding, tuples), and a clear error for
+every input it cannot count."""
+
+import pytest
+import torch
+from conftest import occurrence_bias_model, seeded_model, tiny_config
+
+from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer.occurrences_tiny_transformer import OCCURRENCE_MAX_DIFFERENCE, occurrence_indices
+
+
+def repeated_source(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sources of three values each repeated, the second left-padded: ids and attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = 3 + torch.randint(0, 3, (2, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[1, :3], attention_mask[1, :3] = 0, 0
+    return input_ids, attention_mask
+
+
+def test_occurrence_indices_count_earlier_equal_tokens_and_skip_padding():
+    ids = torch.tensor([[5, 7, 5, 5, 7, 9], [0, 0, 5, 0, 5, 5]])
+    assert occurrence_indices(ids).tolist() == [[0, 0, 1, 2, 1, 0], [0, 1, 0, 2, 1, 2]]
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])  # the two leading zeros are padding, the third not
+    assert occurrence_indices(ids, mask).tolist() == [[0, 0, 1, 2, 1, 0], [0, 0, 0, 0, 1, 2]]
+    # A decoding step's new tokens, counted over the whole sequence.
+    assert torch.equal(occurrence_indices(ids, last=2), occurrence_indices(ids)[:, -2:])
+
+
+def test_the_bias_compares_the_occurrence_indices_of_query_and_key():
+    # No content score (zero query weights) and a table that favours a difference of +1 only: a decoder query whose
+    # token occurred r times before attends to exactly the source tokens that occurred r + 1 times before theirs.
+    model = occurrence_bias_model(attn_implementation="eager", position_embedding_type="learned")
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.q_proj.weight.zero_()
+            layer.encoder_attn.q_proj.bias.zero_()
+        table = model.model.decoder.occurrence_bias.bias.weight
+        table.zero_()
+        table[OCCURRENCE_MAX_DIFFERENCE + 1] = 50.0
+    source = torch.tensor([[7, 5, 7, 7, 5]])  # occurrence indices 0 0 1 2 1
+    decoder = torch.tensor([[7, 7, 5, 7]])  # occurrence indices 0 1 0 2
+    attention = model(input_ids=source, decoder_input_ids=decoder, output_attentions=True).cross_attentions[0][0, 0]
+    expected = torch.tensor([
+        [0, 0, 0.5, 0, 0.5],  # index 0: the keys of index 1
+        [0, 0, 0, 1, 0],  # index 1: the key of index 2
+        [0, 0, 0.5, 0, 0.5],
+        [0.2] * 5,  # index 2: no key of index 3, so no key is favoured
+    ])  # fmt: skip
+    torch.testing.assert_close(attention, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned", "relative"])
+def test_every_decoding_path_gives_the_same_tokens(position_embedding_type):
+    model = occurrence_bias_model(position_embedding_type=position_embedding_type)
+    input_ids, attention_mask = repeated_source()
+    settings = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    greedy = model.generate(input_ids, attention_mask=attention_mask, **settings)
+    assert torch.equal(greedy, model.generate(input_ids, attention_mask=attention_mask, use_cache=False, **settings))
+    # Teacher-forced over the generated tokens, the argmax is the next generated token.
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=greedy).logits
+    assert torch.equal(logits[:, :-1].argmax(-1), greedy[:, 1:])
+    beams = model.generate(input_ids, attention_mask=attention_mask, num_beams=3, **settings)
+    assert torch.equal(
+        beams, model.generate(input_ids, attention_mask=attention_mask, num_beams=3, use_cache=False, **settings)
+    )
+    # The padded row equals its source alone; eager equals SDPA.
+    alone = model.generate(input_ids[1:, 3:], **settings)
+    assert torch.equal(greedy[1:], alone)
+    eager = occurrence_bias_model(attn_implementation="eager", position_embedding_type=position_embedding_type)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=greedy)
+    torch.testing.assert_close(eager(**inputs).logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_bias_changes_what_the_model_computes():
+    # The same weights without the occurrence bias: other logits, so the table is read (and not silently skipped).
+    model = occurrence_bias_model()
+    input_ids, attention_mask = repeated_source()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :6])
+    without = TinyTransformerForConditionalGeneration(tiny_config()).eval()
+    without.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(model(**inputs).logits, without(**inputs).logits, atol=1e-3)
+
+
+def test_encoder_outputs_carry_the_indices_as_an_object_or_a_tuple():
+    model = occurrence_bias_model()
+    input_ids, attention_mask = repeated_source()
+    decoder_input_ids = input_ids[:, :5]
+    expected = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    encoder = model.get_encoder()
+    output = encoder(input_ids=input_ids, attention_mask=attention_mask)
+    assert torch.equal(output.occurrence_indices, occurrence_indices(input_ids, attention_mask))
+    as_tuple = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=False)
+    for encoder_outputs in (output, as_tuple):
+        logits = model(
+            encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
+        ).logits
+        assert torch.equal(logits, expected)
+    # States alone, with the source ids beside them: counted from the ids.
+    logits = model(
+        input_ids=input_ids, encoder_outputs=(output.last_hidden_state,), attention_mask=attention_mask,
+        decoder_input_ids=decoder_input_ids,
+    ).logits  # fmt: skip
+    assert torch.equal(logits, expected)
+
+
+def test_inputs_it_cannot_count_are_refused_by_name():
+    model = occurrence_bias_model()
+    input_ids, attention_mask = repeated_source()
+    states = model.get_encoder()(input_ids=input_ids).last_hidden_state
+    embeds = model.get_input_embeddings()(input_ids)
+    cases = [
+        (dict(inputs_embeds=embeds, decoder_input_ids=input_ids), "pass `input_ids`, not `inputs_embeds`"),
+        (
+            dict(input_ids=input_ids, decoder_inputs_embeds=embeds),
+            "pass `decoder_input_ids`, not `decoder_inputs_embeds`",
+        ),
+        (dict(encoder_outputs=(states,), decoder_input_ids=input_ids), "with their `occurrence_indices`"),
+        (
+            dict(input_ids=input_ids, decoder_input_ids=input_ids, decoder_occurrence_indices=torch.zeros(2, 3)),
+            "`decoder_occurrence_indices` must be an integer tensor",
+        ),
+        (
+            dict(input_ids=input_ids, decoder_input_ids=input_ids, decoder_occurrence_indices=torch.zeros(2, 3).long()),
+            r"`decoder_occurrence_indices` must have shape \[2, 9\], got \[2, 3\]",
+        ),
+        (
+            dict(input_ids=input_ids, decoder_input_ids=input_ids, decoder_occurrence_indices=-torch.ones(2, 9).long()),
+            "cannot be negative",
+        ),
+    ]
+    for inputs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model(**inputs)
+    with pytest.raises(ValueError, match="are for a model with `occurrence_bias=True`; this one has none"):
+        seeded_model(tiny_config())(
+            input_ids=input_ids, decoder_input_ids=input_ids, decoder_occurrence_indices=input_ids
+        )
+    # A cached step without the indices of its new token: the cache holds no ids to count them over.
+    first = model(input_ids=input_ids, decoder_input_ids=input_ids[:, :1], use_cache=True)
+    with pytest.raises(ValueError, match="pass `decoder_occurrence_indices`"):
+        model(input_ids=input_ids, decoder_input_ids=input_ids[:, 1:2], cache=first.cache, use_cache=True)
+    with pytest.raises(ValueError, match="attn_implementation 'flex_attention' cannot apply"):
+        model.set_attn_implementation("flex_attention")
+        model(input_ids=input_ids, decoder_input_ids=input_ids)
+
+
+def test_the_config_field_is_checked_and_absent_in_earlier_files_means_off():
+    with pytest.raises(ValueError, match="`occurrence_bias` must be true or false, got 'yes'"):
+        TinyTransformerConfig(occurrence_bias="yes")
+    saved = tiny_config().to_dict()
+    del saved["occurrence_bias"]
+    assert TinyTransformerConfig.from_dict(saved).occurrence_bias is False
+    assert TinyTransformerForConditionalGeneration(tiny_config()).model.decoder.occurrence_bias is None
