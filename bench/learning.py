@@ -143,13 +143,15 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
         return {
             "the recipe (train.py's defaults for sort)": [],
             "float32 instead of bf16": ["--bf16", "false"],
+            "no occurrence bias": ["--occurrence_bias", "false"],
+            "no occurrence bias, 5,000 steps (the recipe before it)": ["--occurrence_bias", "false", "--max_steps", "5000"],
             "uniform draws only instead of half with repeats": ["--repeated_values_share", "0"],
             "learned positions instead of relative": ["--position_embedding_type", "learned"],
             "four attention heads instead of eight": ["--num_attention_heads", "4"],
             "two encoder and two decoder layers instead of one and three": [
                 "--encoder_layers", "2", "--decoder_layers", "2",
             ],
-            "3,000 steps instead of 5,000": ["--max_steps", "3000"],
+            "1,000 steps instead of 1,500": ["--max_steps", "1000"],
             "before: learned positions, four heads, uniform draws, 1,200 steps": [
                 "--position_embedding_type", "learned", "--num_attention_heads", "4", "--repeated_values_share", "0",
                 "--max_steps", "1200",
@@ -221,12 +223,14 @@ class Recipe:
 
 
 def recipe_model(name: str, recipe: Recipe, vocab_size: int, seed: int, position_embedding_type: str | None = None):
-    """Ours (with the recipe's positions unless given) or BART, of the recipe's size (bench.common.build_model)."""
+    """Ours (with the recipe's positions unless given, and its occurrence bias) or BART, of the recipe's size
+    (bench.common.build_model)."""
+    ours = {} if name == "bart" else {"occurrence_bias": bool(recipe.occurrence_bias)}
     return build_model(
         name, vocab_size=vocab_size, d_model=recipe.d_model, encoder_layers=recipe.encoder_layers,
         decoder_layers=recipe.decoder_layers, num_attention_heads=recipe.num_attention_heads, ffn_dim=recipe.ffn_dim,
         max_position_embeddings=recipe.max_position_embeddings, dropout=recipe.dropout,
-        position_embedding_type=position_embedding_type or recipe.position_embedding_type, seed=seed,
+        position_embedding_type=position_embedding_type or recipe.position_embedding_type, seed=seed, **ours,
     )  # fmt: skip
 
 
