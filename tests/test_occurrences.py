@@ -7,6 +7,7 @@ import torch
 from conftest import occurrence_bias_model, seeded_model, tiny_config
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 from hf_tiny_transformer.occurrences_tiny_transformer import OCCURRENCE_MAX_DIFFERENCE, occurrence_indices
 
 
@@ -140,7 +141,8 @@ def test_inputs_it_cannot_count_are_refused_by_name():
     # A cached step without the indices of its new token: the cache holds no ids to count them over.
     first = model(input_ids=input_ids, decoder_input_ids=input_ids[:, :1], use_cache=True)
     with pytest.raises(ValueError, match="pass `decoder_occurrence_indices`"):
-        model(input_ids=input_ids, decoder_input_ids=input_ids[:, 1:2], cache=first.cache, use_cache=True)
+        step = {CACHE_FIELD: getattr(first, CACHE_FIELD)}  # the cache's name differs across transformers 5.x
+        model(input_ids=input_ids, decoder_input_ids=input_ids[:, 1:2], use_cache=True, **step)
     with pytest.raises(ValueError, match="attn_implementation 'flex_attention' cannot apply"):
         model.set_attn_implementation("flex_attention")
         model(input_ids=input_ids, decoder_input_ids=input_ids)
