@@ -15,6 +15,10 @@ two graphs, so that every position scheme, mask and cache behaves as in `generat
              past_key_values.{i}.decoder.key / .value [batch, heads, past, head_dim] and
              past_key_values.{i}.encoder.key / .value [batch, heads, source, head_dim]
     outputs  logits [batch, vocab], and present.{i}.decoder.key / .value [batch, heads, past + 1, head_dim].
+A model with the occurrence bias (`config.occurrence_bias`, sort's recipe) also needs the tokens' occurrence indices
+(how many equal tokens came before each): `first_step.onnx` returns the source's, source_occurrence_indices [batch,
+source], and `next_step.onnx` takes them back with the new token's, decoder_occurrence_indices [batch, 1] (int64),
+after the cache inputs; the generator below counts the latter over the tokens generated so far.
 The folder also gets the model's `config.json` and `generation_config.json` (special ids, `max_new_tokens`).
 
 `OnnxGreedyGenerator(folder).generate(input_ids, attention_mask)` then decodes on ONNX Runtime as
@@ -38,6 +42,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .configuration_tiny_transformer import TinyTransformerConfig
 from .modeling_tiny_transformer import CACHE_FIELD, TinyTransformerForConditionalGeneration
+from .occurrences_tiny_transformer import TinyTransformerEncoderOutput, occurrence_indices
 
 try:
     import onnxruntime
@@ -82,6 +87,11 @@ NOT_GREEDY_SETTINGS = (
 )
 
 
+# The occurrence bias's inputs of next_step.onnx (the first also an output of first_step.onnx).
+OCCURRENCE_NAMES = ("source_occurrence_indices", "decoder_occurrence_indices")
+OCCURRENCE_SOURCE_NAME = OCCURRENCE_NAMES[:1]
+
+
 def cache_names(prefix: str, layers: int, side: str) -> list[str]:
     """`{prefix}.{i}.{side}.key` and `.value` for each decoder layer i: the graphs' cache tensors, in order."""
     return [f"{prefix}.{layer}.{side}.{part}" for layer in range(layers) for part in ("key", "value")]
@@ -111,10 +121,12 @@ class FirstStep(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=True
         )
         cache = getattr(output, CACHE_FIELD)
+        occurrences = (occurrence_indices(input_ids, attention_mask),) if self.model.config.occurrence_bias else ()
         return (
             output.logits[:, -1],
             *layer_tensors(cache.self_attention_cache),
             *layer_tensors(cache.cross_attention_cache),
+            *occurrences,
         )
 
 
@@ -131,7 +143,9 @@ class NextStep(nn.Module):
         self, decoder_input_ids: torch.Tensor, attention_mask: torch.Tensor, *cache_tensors: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         self_attention = cache_tensors[: 2 * self.layers]
-        cross_attention = cache_tensors[2 * self.layers :]
+        cross_attention = cache_tensors[2 * self.layers : 4 * self.layers]
+        # With the occurrence bias: the source's occurrence indices and the new token's, after the caches.
+        source_indices, decoder_indices = cache_tensors[4 * self.layers :] or (None, None)
         cache = EncoderDecoderCache(
             DynamicCache(layer_pairs(self_attention)), DynamicCache(layer_pairs(cross_attention))
         )
@@ -139,10 +153,11 @@ class NextStep(nn.Module):
         batch_size, source_length = attention_mask.shape
         encoder_states = cross_attention[0].new_zeros(()).expand(batch_size, source_length, self.model.config.d_model)
         output = self.model(
-            encoder_outputs=(encoder_states,),
+            encoder_outputs=TinyTransformerEncoderOutput(encoder_states, occurrence_indices=source_indices),
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
             use_cache=True,
+            decoder_occurrence_indices=decoder_indices,
             **{CACHE_FIELD: cache},
         )
         return output.logits[:, -1], *layer_tensors(getattr(output, CACHE_FIELD).self_attention_cache)
@@ -150,15 +165,12 @@ class NextStep(nn.Module):
 
 def check_exportable(model: nn.Module) -> None:
     """Raise `ValueError` unless `model` is a float32 TinyTransformerForConditionalGeneration with a decoder start
-    token and no occurrence bias."""
+    token."""
     if not isinstance(model, TinyTransformerForConditionalGeneration):
         raise ValueError(
             "export_onnx takes a TinyTransformerForConditionalGeneration, got "
             f"{type(model).__name__} (merge a PEFT adapter into the model first: `merge_and_unload()`)."
         )
-    if model.config.occurrence_bias:
-        # Its cached steps take the new tokens' occurrence indices, an input these two graphs do not have.
-        raise ValueError("export_onnx does not export models with `occurrence_bias=True` (the sort recipe's) yet.")
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"export_onnx exports float32 weights, got {dtype}; export `model.float()`.")
@@ -189,9 +201,9 @@ def export_onnx(
     """Write `first_step.onnx`, `next_step.onnx`, `config.json` and `generation_config.json` of `model` to
     `output_dir` (see the module's docstring) and return the two graphs' paths.
 
-    Every position scheme exports. Batch size, source length and cached length are dynamic. The trace runs the
-    model in eval mode with the eager attention (TRACED_ATTENTION); its mode and attention implementation are restored
-    afterwards. `opset_version` defaults to torch's exporter's own.
+    Every position scheme exports, with or without the occurrence bias. Batch size, source length and cached length
+    are dynamic. The trace runs the model in eval mode with the eager attention (TRACED_ATTENTION); its mode and
+    attention implementation are restored afterwards. `opset_version` defaults to torch's exporter's own.
     """
     check_exportable(model)
     check_greedy(model.generation_config)
@@ -227,6 +239,7 @@ def export_onnx(
                     "logits",
                     *cache_names("present", layers, "decoder"),
                     *cache_names("present", layers, "encoder"),
+                    *OCCURRENCE_SOURCE_NAME[: config.occurrence_bias],
                 ],
                 dynamic_shapes=({0: batch, 1: source}, {0: batch, 1: source}, {0: batch}),
                 opset_version=opset_version,
@@ -234,22 +247,30 @@ def export_onnx(
                 verbose=False,
             )
             self_attention = [tensor.repeat(1, 1, 3, 1) for tensor in first_outputs[1 : 1 + 2 * layers]]
-            cross_attention = list(first_outputs[1 + 2 * layers :])
+            cross_attention = list(first_outputs[1 + 2 * layers : 1 + 4 * layers])
+            # The source's occurrence indices, and a new token's (two copies before it).
+            occurrences = [*first_outputs[1 + 4 * layers :], torch.full_like(decoder_input_ids, 2)]
+            occurrences = occurrences if config.occurrence_bias else []
             torch.onnx.export(
                 NextStep(model).eval(),
-                (decoder_input_ids, attention_mask, *self_attention, *cross_attention),
+                (decoder_input_ids, attention_mask, *self_attention, *cross_attention, *occurrences),
                 next_path,
                 input_names=[
                     "decoder_input_ids",
                     "attention_mask",
                     *cache_names("past_key_values", layers, "decoder"),
                     *cache_names("past_key_values", layers, "encoder"),
+                    *OCCURRENCE_NAMES[: 2 * config.occurrence_bias],
                 ],
                 output_names=["logits", *cache_names("present", layers, "decoder")],
                 dynamic_shapes=(
                     {0: batch},
                     {0: batch, 1: source},
-                    tuple([{0: batch, 2: past}] * (2 * layers) + [{0: batch, 2: source}] * (2 * layers)),
+                    tuple(
+                        [{0: batch, 2: past}] * (2 * layers)
+                        + [{0: batch, 2: source}] * (2 * layers)
+                        + [{0: batch, 1: source}, {0: batch}][: 2 * config.occurrence_bias]
+                    ),
                 ),
                 opset_version=opset_version,
                 external_data=False,
@@ -381,8 +402,12 @@ class OnnxGreedyGenerator:
         )
         layers = self.config.decoder_layers
         logits, self_attention = outputs[0], outputs[1 : 1 + 2 * layers]
-        # The encoder-decoder attention's K and V: computed by the first step, the same at every later one.
-        feed = {"attention_mask": attention_mask, **dict(zip(self.cross_attention_inputs, outputs[1 + 2 * layers :]))}
+        # The encoder-decoder attention's K and V: computed by the first step, the same at every later one (and so
+        # are the source's occurrence indices, with the occurrence bias).
+        cross_attention = outputs[1 + 2 * layers : 1 + 4 * layers]
+        feed = {"attention_mask": attention_mask, **dict(zip(self.cross_attention_inputs, cross_attention))}
+        if self.config.occurrence_bias:
+            feed[OCCURRENCE_NAMES[0]] = outputs[1 + 4 * layers]
         unfinished = np.ones(batch_size, dtype=bool)
         for step in range(1, 1 + max_new_tokens):
             next_tokens = np.where(unfinished, logits.argmax(-1), pad)
@@ -392,6 +417,9 @@ class OnnxGreedyGenerator:
                 break
             self.check_length(step + 1, "decoder_input_ids")  # where generate's forward would refuse it too
             feed["decoder_input_ids"] = tokens[:, step : step + 1]
+            if self.config.occurrence_bias:  # how many of the tokens before the new one equal it
+                earlier = tokens[:, :step] == tokens[:, step : step + 1]
+                feed[OCCURRENCE_NAMES[1]] = earlier.sum(axis=1, keepdims=True).astype(np.int64)
             feed.update(zip(self.self_attention_inputs, self_attention))
             logits, *self_attention = self.next_step.run(None, feed)
         return tokens[:, : step + 1]

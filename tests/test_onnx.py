@@ -34,7 +34,11 @@ def decisive_model(position_embedding_type: str, **overrides) -> TinyTransformer
         position_embedding_type=position_embedding_type, initializer_range=0.5, **overrides,
     )  # fmt: skip
     torch.manual_seed(3)
-    return TinyTransformerForConditionalGeneration(config).eval()
+    model = TinyTransformerForConditionalGeneration(config).eval()
+    if config.occurrence_bias:  # a table large enough that a wrong occurrence index changes the tokens
+        with torch.no_grad():
+            model.model.decoder.occurrence_bias.bias.weight.normal_(0, 100)
+    return model
 
 
 def padded_batch(side: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,13 +62,19 @@ def eos_that_ends_some_rows(model: TinyTransformerForConditionalGeneration) -> i
     return max(candidates, key=lambda token: int((tokens == token).any(dim=1).sum()))
 
 
-@pytest.fixture(scope="module", params=POSITION_EMBEDDING_TYPES)
+# Each position scheme, and relative positions with the occurrence bias (sort's recipe), whose graphs carry the
+# occurrence indices too.
+EXPORTED_MODELS = {scheme: {"position_embedding_type": scheme} for scheme in POSITION_EMBEDDING_TYPES}
+EXPORTED_MODELS["relative, occurrence bias"] = {"position_embedding_type": "relative", "occurrence_bias": True}
+
+
+@pytest.fixture(scope="module", params=list(EXPORTED_MODELS))
 def exported(request, tmp_path_factory, environment):
-    """(model, folder): a decisive model of each position scheme, its eos chosen by `eos_that_ends_some_rows`, saved
+    """(model, folder): a decisive model of each of EXPORTED_MODELS, its eos chosen by `eos_that_ends_some_rows`, saved
     and exported as a user would, by the command line in a new process."""
-    model = decisive_model(request.param)
+    model = decisive_model(**EXPORTED_MODELS[request.param])
     model.generation_config.eos_token_id = eos_that_ends_some_rows(model)
-    folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    folder = tmp_path_factory.mktemp(f"onnx-{request.param.replace(', ', '-').replace(' ', '_')}")
     model.save_pretrained(folder / "model")
     command = [sys.executable, "-m", "hf_tiny_transformer.onnx_tiny_transformer", folder / "model", folder / "onnx"]
     completed = subprocess.run(command, env=environment(folder), capture_output=True, text=True, timeout=600)
@@ -126,7 +136,7 @@ def test_exported_steps_hand_over_the_models_cache_and_logits(exported):
         {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(), "decoder_input_ids": start.numpy()},
     )
     names = [output.name for output in generator.first_step.get_outputs()]
-    assert names[0] == "logits" and len(names) == 1 + 4 * layers
+    assert names[0] == "logits" and len(names) == 1 + 4 * layers + config.occurrence_bias
     np.testing.assert_allclose(outputs[0], first.logits[:, -1].numpy(), atol=1e-4, rtol=1e-4)
     cache = getattr(first, CACHE_FIELD)
     for layer in range(layers):
@@ -140,16 +150,22 @@ def test_exported_steps_hand_over_the_models_cache_and_logits(exported):
                 np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-4)
 
     next_token = first.logits[:, -1].argmax(-1, keepdim=True)
+    # With the occurrence bias: the new token's occurrence index (1 where it repeats the start token), which the
+    # model is given as generate gives it, and the graph as the generator does.
+    occurrences = {"decoder_occurrence_indices": (next_token == start).long()} if config.occurrence_bias else {}
     with torch.no_grad():
         second = model(
+            input_ids=input_ids,  # the source's occurrence indices come from its ids
             encoder_outputs=(first.encoder_last_hidden_state,),
             attention_mask=attention_mask,
             decoder_input_ids=next_token,
             use_cache=True,
+            **occurrences,
             **{CACHE_FIELD: cache},
         )
     feed = {"decoder_input_ids": next_token.numpy(), "attention_mask": attention_mask.numpy()}
     feed |= {name.replace("present", "past_key_values"): value for name, value in zip(names[1:], outputs[1:])}
+    feed |= {name: value.numpy() for name, value in occurrences.items()}
     step_outputs = generator.next_step.run(None, feed)
     step_names = [output.name for output in generator.next_step.get_outputs()]
     np.testing.assert_allclose(step_outputs[0], second.logits[:, -1].numpy(), atol=1e-4, rtol=1e-4)
@@ -190,8 +206,6 @@ def test_export_refuses_what_it_cannot_export(tmp_path):
         export_onnx(model.model, tmp_path)
     with pytest.raises(ValueError, match="float32"):
         export_onnx(decisive_model("relative").to(torch.bfloat16), tmp_path)
-    with pytest.raises(ValueError, match="does not export models with `occurrence_bias=True`"):
-        export_onnx(decisive_model("relative", occurrence_bias=True), tmp_path)
     beam_model = decisive_model("relative")
     beam_model.generation_config.num_beams = 3
     with pytest.raises(ValueError, match="num_beams=3"):
