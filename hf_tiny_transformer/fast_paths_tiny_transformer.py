@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer, EncoderDecoderCache, StaticLayer
 from transformers.utils import is_torchdynamo_compiling
 
+from .occurrences_tiny_transformer import occurrence_indices
+
 # Keyword arguments generate() keeps between decoding steps that the forward does not take (as in transformers'
 # general `prepare_inputs_for_generation`).
 GENERATION_KWARGS_NOT_FOR_FORWARD = {"labels", "next_sequence_length", "is_first_iteration"}
@@ -71,6 +73,7 @@ def lean_generation_inputs(
     next_sequence_length: int | None,
     attention_mask: torch.Tensor | None,
     kwargs: dict,
+    count_occurrences: bool = False,
 ) -> dict:
     """The forward inputs of one decoding step of an encoder-decoder model with a cache of any kind (or none), given
     generate()'s `model_kwargs`: the new decoder tokens, the encoder's mask, and the kwargs the forward takes.
@@ -81,6 +84,11 @@ def lean_generation_inputs(
     and otherwise does without (`written_slots`). So the inputs pass through.
     """
     model_inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_KWARGS_NOT_FOR_FORWARD}
+    if count_occurrences:
+        # With the occurrence bias: the new tokens' occurrence indices, counted over every decoder token so far (the
+        # cache holds no ids to count).
+        new_length = input_ids.shape[1] if next_sequence_length is None else next_sequence_length
+        model_inputs["decoder_occurrence_indices"] = occurrence_indices(input_ids, last=new_length)
     if next_sequence_length is not None:
         input_ids = input_ids[:, -next_sequence_length:]  # the tokens the cache does not hold yet
     # A copy with the strides of its own shape, as transformers' version makes: the slice's strides grow with the

@@ -9,6 +9,16 @@ import torch
 from transformers.utils import is_torchdynamo_compiling
 
 
+def check_bias_backend(config, feature: str) -> None:
+    """Raise `ValueError` unless `config`'s attention implementation can add `feature`'s bias to the attention scores
+    (eager and SDPA take it in the mask; flash and flex attention cannot)."""
+    if config._attn_implementation not in ("eager", "sdpa"):
+        raise ValueError(
+            f"{feature} adds a bias to the attention scores, which attn_implementation "
+            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
+        )
+
+
 def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, allow_ignore_index: bool = False) -> None:
     """Raise `ValueError` unless `ids` is a [batch, length] integer tensor of ids in [0, vocab_size)."""
     if not isinstance(ids, torch.Tensor):

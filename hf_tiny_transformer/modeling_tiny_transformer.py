@@ -18,10 +18,10 @@ The encoder uses bidirectional self-attention with padding masks, the decoder ca
 encoder-decoder attention. Attention runs through transformers' attention interface (eager, SDPA, flex, flash);
 eager is the equations above written out and returns α for interpretability.
 
-In reading order: token embeddings, masks, attention, the residual sub-layer and the feed-forward network, the two
+In reading order: token embeddings, attention, the residual sub-layer and the feed-forward network, the two
 layers, the pre-trained base, the stack that the encoder and the decoder share, the encoder, the decoder and the two
-public models. Sibling modules hold the absolute positions' vectors, the relative positions' biases, the occurrence
-bias, the speed paths, the input checks and the checkpoint checks; `save_pretrained` copies them all next to the
+public models. Sibling modules hold the attention masks, the absolute positions' vectors, the relative positions'
+biases, the occurrence bias, the speed paths, the input checks and the checkpoint checks; `save_pretrained` copies them all next to the
 weights, so that `trust_remote_code=True` loads without this package.
 """
 
@@ -35,7 +35,6 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -73,13 +72,15 @@ from .input_checks_tiny_transformer import (
     check_length,
     check_token_ids,
 )
+from .masks_tiny_transformer import MASKED_SCORE, add_position_bias, causal_keys, causal_mask, padding_mask
 from .occurrences_tiny_transformer import (
     TinyTransformerEncoderOutput,
     TinyTransformerOccurrenceBias,
+    check_decoder_indices_wanted,
+    count_source_occurrences,
     decoder_occurrence_indices,
-    encoder_occurrence_indices,
     encoder_output_from_tuple,
-    occurrence_indices,
+    encoder_outputs_indices,
     source_occurrence_indices,
 )
 from .relative_positions_tiny_transformer import TinyTransformerDecoderPositionBias, TinyTransformerEncoderPositionBias
@@ -124,70 +125,6 @@ class TinyTransformerScaledEmbedding(nn.Embedding):
         return embeddings * self.embed_scale if self.embed_scale != 1.0 else embeddings
 
 
-# --------------------------------------------------------------------------------------------------------------- masks
-# Each attention of a stack gets one mask per forward, built once by the functions below and shared by its layers:
-# - None: no key is padding. A causal attention (module.is_causal) then masks future keys itself, and every backend
-#   runs its unmasked kernel;
-# - SDPA and eager: a boolean [batch, 1, 1 or query, key] tensor, True where a key may be attended; with relative
-#   positions an additive float [batch or 1, heads, query, key] tensor, the position bias B where a key may be
-#   attended and MASKED_SCORE where not;
-# - other backends (flash, flex, ...), static caches and 4-D masks given by the caller: the formats transformers'
-#   `create_*_mask` builds.
-# Where a causal attention gets no mask but still needs one (the eager attention, a relative position bias),
-# `causal_keys` builds it; every score a mask removes becomes MASKED_SCORE.
-MASKED_SCORE = torch.finfo(torch.float16).min  # representable in every float dtype, so autocast keeps it finite
-
-
-def padding_mask(
-    config: TinyTransformerConfig,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    encoder_hidden_states: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """The mask of a non-causal attention whose keys `attention_mask` [batch, key] marks 1 (token) or 0 (padding):
-    encoder self-attention, or encoder-decoder attention (keys from `encoder_hidden_states`)."""
-    if attention_mask is None or (not is_torchdynamo_compiling() and bool(attention_mask.all())):
-        return None
-    if config._attn_implementation in ("sdpa", "eager"):
-        # A view that broadcasts over heads and queries: no [batch, 1, query, key] tensor is built.
-        return attention_mask[:, None, None, :].bool()
-    return create_bidirectional_mask(config, inputs_embeds, attention_mask, encoder_hidden_states)
-
-
-def causal_mask(
-    config: TinyTransformerConfig,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    cache: EncoderDecoderCache | None,
-) -> torch.Tensor | None:
-    """The mask of the decoder's causal self-attention, given its [batch, key] padding mask (or a ready 4-D one)."""
-    self_attention_cache = cache.self_attention_cache if cache is not None else None
-    static_graph = cache is not None and cache.is_compileable and is_torchdynamo_compiling()
-    if attention_mask is None and inputs_embeds.shape[1] == 1 and not static_graph:
-        # A cached decoding step: its one query, at the last position, may attend to every key the cache holds: all of
-        # a dynamic cache's, a static cache's written slots (`written_slots`). A compiled graph attends to the static
-        # cache's whole buffer, whose empty slots the mask below removes.
-        return None
-    # Positional arguments: the name of the cache argument differs between transformers 5.x releases.
-    return create_causal_mask(config, inputs_embeds, attention_mask, self_attention_cache)
-
-
-def causal_keys(query_length: int, key_length: int, device: torch.device) -> torch.Tensor:
-    """[query, key] booleans, True where key j is not after query i, which sits at position key_length -
-    query_length + i (a cache holds the earlier keys)."""
-    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
-
-
-def add_position_bias(mask: torch.Tensor | None, position_bias: torch.Tensor, is_causal: bool) -> torch.Tensor:
-    """The additive mask of S = QKᵀ/√d + B: the position bias B where `mask` lets a query attend to a key."""
-    if mask is None and is_causal:
-        mask = causal_keys(*position_bias.shape[-2:], position_bias.device)
-    if mask is None:
-        return position_bias
-    allowed = mask if mask.dtype == torch.bool else mask == 0  # eager masks are additive: 0 where allowed
-    return position_bias.masked_fill(~allowed, MASKED_SCORE)
-
-
 # ----------------------------------------------------------------------------------------------------------- attention
 def eager_attention_forward(
     module: nn.Module,
@@ -200,7 +137,7 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The design document's attention, written out. query/key/value: [batch, heads, length, head_dim]; the mask in
-    any form of the masks section above. Returns the output as [batch, query, heads, head_dim] and α as
+    any form of masks_tiny_transformer.py. Returns the output as [batch, query, heads, head_dim] and α as
     [batch, heads, query, key]."""
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # S = QKᵀ/√d
     query_length, key_length = scores.shape[-2:]
@@ -479,7 +416,7 @@ class TinyTransformerEncoder(TinyTransformerStack):
         batch_size, source_length = inputs_embeds.shape[:2]
         check_attention_mask(attention_mask, "attention_mask", batch_size, source_length)
         check_length(source_length, config.position_limit, "input_ids")
-        indices = encoder_occurrence_indices(config, input_ids, attention_mask)  # None without the occurrence bias
+        indices = count_source_occurrences(config, input_ids, attention_mask)  # None without the occurrence bias
 
         position_ids = token_positions(attention_mask, source_length, inputs_embeds.device)
         hidden_states = inputs_embeds
@@ -577,7 +514,9 @@ class TinyTransformerDecoder(TinyTransformerStack):
         if self.occurrence_bias is not None:
             occurrence_bias = self.occurrence_bias(
                 decoder_occurrence_indices(occurrence_indices, input_ids, attention_mask, past_length, target_length),
-                source_occurrence_indices(encoder_occurrence_indices, batch_size, source_length),
+                source_occurrence_indices(
+                    encoder_occurrence_indices, batch_size, source_length, check_values=not encoder_side_checked
+                ),
             )
             cross_bias = occurrence_bias if cross_bias is None else cross_bias + occurrence_bias
         if cross_bias is not None:
@@ -635,19 +574,14 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             new token's id, counted over every decoder token so far (`generate` passes them). Without a cache the
             decoder counts them itself.
         """
-        if decoder_occurrence_indices is not None and not self.config.occurrence_bias:
-            raise ValueError(
-                "`decoder_occurrence_indices` are for a model with `occurrence_bias=True`; this one has none."
-            )
+        check_decoder_indices_wanted(self.config, decoder_occurrence_indices)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = encoder_output_from_tuple(encoder_outputs)
-        source_indices = getattr(encoder_outputs, "occurrence_indices", None)
-        if source_indices is None and self.config.occurrence_bias and input_ids is not None:
-            source_indices = occurrence_indices(input_ids, attention_mask)  # encoder outputs given with the ids
+        source_indices = encoder_outputs_indices(self.config, encoder_outputs, input_ids, attention_mask)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."
@@ -708,12 +642,9 @@ class TinyTransformerForConditionalGeneration(TinyTransformerPreTrainedModel, Ge
             return super().prepare_inputs_for_generation(
                 input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask, **kwargs
             )
-        inputs = lean_generation_inputs(input_ids, next_sequence_length, attention_mask, kwargs)
-        if self.config.occurrence_bias:
-            # The step's new tokens, counted over every decoder token so far: the cache holds no ids to count.
-            new_length = inputs["decoder_input_ids"].shape[1]
-            inputs["decoder_occurrence_indices"] = occurrence_indices(input_ids, last=new_length)
-        return inputs
+        return lean_generation_inputs(
+            input_ids, next_sequence_length, attention_mask, kwargs, count_occurrences=self.config.occurrence_bias
+        )
 
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import is_torchdynamo_compiling
 
 from .configuration_tiny_transformer import TinyTransformerConfig
+from .input_checks_tiny_transformer import check_bias_backend
 
 # Differences beyond ±4 share the end buckets: a head needs the next copy (+1) and the one just written (0) told
 # apart from the others, not their distances.
@@ -52,24 +54,25 @@ def occurrence_indices(
     return same.sum(-1)
 
 
-def check_occurrence_indices(indices, name: str, batch_size: int, length: int) -> None:
+def check_occurrence_indices(indices, name: str, batch_size: int, length: int, check_values: bool = True) -> None:
     """`ValueError` naming `name` unless `indices` is an integer tensor of shape [batch_size, length], >= 0."""
     if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
-        raise ValueError(f"`{name}` must be an integer tensor, got {type(indices).__name__}.")
+        got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise ValueError(f"`{name}` must be an integer tensor, got {got}.")
     if tuple(indices.shape) != (batch_size, length):
         raise ValueError(f"`{name}` must have shape [{batch_size}, {length}], got {list(indices.shape)}.")
-    if not torch.compiler.is_compiling() and indices.numel() and int(indices.min()) < 0:
+    if check_values and not is_torchdynamo_compiling() and indices.numel() and int(indices.min()) < 0:
         raise ValueError(f"`{name}` holds counts of earlier tokens, which cannot be negative.")
 
 
-def encoder_occurrence_indices(
+def count_source_occurrences(
     config: TinyTransformerConfig, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
 ) -> torch.Tensor | None:
     """The source's occurrence indices, which the encoder returns for the decoder's bias (None without one); checked
     before the encoder computes anything."""
     if not config.occurrence_bias:
         return None
-    check_backend(config)
+    check_bias_backend(config, "occurrence_bias=True")
     if input_ids is None:
         raise ValueError("occurrence_bias=True counts repeated token ids: pass `input_ids`, not `inputs_embeds`.")
     return occurrence_indices(input_ids, attention_mask)
@@ -103,23 +106,35 @@ def decoder_occurrence_indices(
     return occurrence_indices(input_ids, mask)
 
 
-def source_occurrence_indices(given: torch.Tensor | None, batch_size: int, source_length: int) -> torch.Tensor:
-    """The source's occurrence indices, as the encoder returned them; `ValueError` if they are missing."""
+def check_decoder_indices_wanted(config: TinyTransformerConfig, indices: torch.Tensor | None) -> None:
+    """`decoder_occurrence_indices` passed to a model without the occurrence bias would be ignored: refused."""
+    if indices is not None and not config.occurrence_bias:
+        raise ValueError("`decoder_occurrence_indices` are for a model with `occurrence_bias=True`; this one has none.")
+
+
+def encoder_outputs_indices(
+    config: TinyTransformerConfig, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The source's occurrence indices the decoder gets: the encoder's, or, for encoder outputs without them (a
+    caller's states) given beside the source's ids, counted over those; None without the occurrence bias."""
+    indices = getattr(encoder_outputs, "occurrence_indices", None)
+    if indices is None and config.occurrence_bias and input_ids is not None:
+        indices = occurrence_indices(input_ids, attention_mask)
+    return indices
+
+
+def source_occurrence_indices(
+    given: torch.Tensor | None, batch_size: int, source_length: int, check_values: bool = True
+) -> torch.Tensor:
+    """The source's occurrence indices, as the encoder returned them; `ValueError` if they are missing. Their values
+    need checking once per input, as the encoder's mask's do (`check_values`)."""
     if given is None:
         raise ValueError(
             "occurrence_bias=True: the decoder compares occurrence indices with the source's; pass `input_ids`, or "
             "`encoder_outputs` as the encoder returns them (with their `occurrence_indices`)."
         )
-    check_occurrence_indices(given, "encoder_outputs.occurrence_indices", batch_size, source_length)
+    check_occurrence_indices(given, "encoder_outputs.occurrence_indices", batch_size, source_length, check_values)
     return given
-
-
-def check_backend(config: TinyTransformerConfig) -> None:
-    if config._attn_implementation not in ("eager", "sdpa"):
-        raise ValueError(
-            "occurrence_bias=True adds a bias to the encoder-decoder attention scores, which attn_implementation "
-            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
-        )
 
 
 class TinyTransformerOccurrenceBias(nn.Module):
@@ -133,7 +148,7 @@ class TinyTransformerOccurrenceBias(nn.Module):
 
     def forward(self, decoder_indices: torch.Tensor, source_indices: torch.Tensor) -> torch.Tensor:
         """[batch, query] and [batch, key] occurrence indices -> B as [batch, heads, query, key]."""
-        check_backend(self.config)
+        check_bias_backend(self.config, "occurrence_bias=True")
         difference = source_indices[:, None, :] - decoder_indices[:, :, None]
         buckets = difference.clamp(-OCCURRENCE_MAX_DIFFERENCE, OCCURRENCE_MAX_DIFFERENCE) + OCCURRENCE_MAX_DIFFERENCE
         # one-hot @ table, as the relative position bias does: a backward of one matrix product instead of a scatter.

@@ -42,7 +42,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .configuration_tiny_transformer import TinyTransformerConfig
 from .modeling_tiny_transformer import CACHE_FIELD, TinyTransformerForConditionalGeneration
-from .occurrences_tiny_transformer import TinyTransformerEncoderOutput, occurrence_indices
+from .occurrences_tiny_transformer import TinyTransformerEncoderOutput
 
 try:
     import onnxruntime
@@ -117,16 +117,21 @@ class FirstStep(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
+        # The encoder first, as generate runs it; its output also holds the source's occurrence indices, if any.
+        encoder_outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
         output = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=True
+            encoder_outputs=encoder_outputs,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=True,
         )
         cache = getattr(output, CACHE_FIELD)
-        occurrences = (occurrence_indices(input_ids, attention_mask),) if self.model.config.occurrence_bias else ()
+        indices = encoder_outputs.occurrence_indices
         return (
             output.logits[:, -1],
             *layer_tensors(cache.self_attention_cache),
             *layer_tensors(cache.cross_attention_cache),
-            *occurrences,
+            *(() if indices is None else (indices,)),
         )
 
 

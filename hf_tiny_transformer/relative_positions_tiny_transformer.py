@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_tiny_transformer import TinyTransformerConfig
+from .input_checks_tiny_transformer import check_bias_backend
 
 
 def relative_position_bucket(
@@ -61,11 +62,7 @@ class TinyTransformerRelativePositionBias(nn.Module):
 
 
 def check_backend(config: TinyTransformerConfig) -> None:
-    if config._attn_implementation not in ("eager", "sdpa"):
-        raise ValueError(
-            "position_embedding_type='relative' adds a bias to the attention scores, which attn_implementation "
-            f"{config._attn_implementation!r} cannot apply; use 'sdpa' or 'eager'."
-        )
+    check_bias_backend(config, "position_embedding_type='relative'")
 
 
 class TinyTransformerEncoderPositionBias(nn.Module):
