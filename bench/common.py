@@ -19,6 +19,7 @@ import transformers
 from transformers import BartConfig, BartForConditionalGeneration, Trainer
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer_train.trainer import position_bias_parameters
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of the benchmark models
@@ -72,14 +73,27 @@ def build_model(
 
 
 def make_optimizer(
-    model: torch.nn.Module, learning_rate: float = 1e-4, weight_decay: float = 0.0, fused: bool = True
+    model: torch.nn.Module,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 0.0,
+    fused: bool = True,
+    bias_table_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """AdamW as the Trainer builds it (no decay on biases and norms; `fused`: its default `adamw_torch_fused`)."""
+    """AdamW as the Trainer builds it (no decay on biases and norms; `fused`: its default `adamw_torch_fused`), and as
+    train.py's Trainer does, the relative position-bias and occurrence-bias tables at `bias_table_scale` times the
+    learning rate (its --position_bias_learning_rate_scale)."""
     decay = set(Trainer.get_decay_parameter_names(None, model))
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
-    ]
+    tables = {id(parameter) for parameter in position_bias_parameters(model)}
+    groups = []
+    for is_table, scale in ((False, 1.0), (True, bias_table_scale)):
+        for decays in (True, False):
+            params = [
+                p for n, p in model.named_parameters() if (n in decay) == decays and (id(p) in tables) == is_table
+            ]
+            if params:
+                groups.append(
+                    {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": learning_rate * scale}
+                )
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
 
 

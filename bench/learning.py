@@ -143,6 +143,8 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
         return {
             "the recipe (train.py's defaults for sort)": [],
             "float32 instead of bf16": ["--bf16", "false"],
+            "the occurrence bias over every pair of tokens (2026-12-03)": ["--occurrence_bias_pairs", "all"],
+            "a stop at 100% validation exact match": ["--target_exact_match", "1"],
             "no occurrence bias": ["--occurrence_bias", "false"],
             "no occurrence bias, 5,000 steps (the recipe before it)": ["--occurrence_bias", "false", "--max_steps", "5000"],
             "uniform draws only instead of half with repeats": ["--repeated_values_share", "0"],
@@ -298,8 +300,12 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     state = {}
     for name, model in models.items():
         model.train()
-        # Unfused AdamW, as the figures in bench/README.md were measured.
-        optimizer = make_optimizer(model, recipe.learning_rate, recipe.weight_decay, fused=False)
+        # Unfused AdamW, as the figures in bench/README.md were measured; the bias tables at the recipe's scale, as
+        # train.py's Trainer sets them (a model without them: none).
+        scale = recipe.position_bias_learning_rate_scale or 1.0
+        optimizer = make_optimizer(
+            model, recipe.learning_rate, recipe.weight_decay, fused=False, bias_table_scale=scale
+        )
         warmup = recipe.warmup_steps if recipe.warmup_steps >= 1 else math.ceil(recipe.warmup_steps * recipe.max_steps)
         scheduler = transformers.get_scheduler(recipe.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                                                num_training_steps=recipe.max_steps)  # fmt: skip

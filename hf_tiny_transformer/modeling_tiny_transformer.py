@@ -81,6 +81,7 @@ from .occurrences_tiny_transformer import (
     decoder_occurrence_indices,
     encoder_output_from_tuple,
     encoder_outputs_indices,
+    source_ids_for_pairs,
     source_occurrence_indices,
 )
 from .relative_positions_tiny_transformer import TinyTransformerDecoderPositionBias, TinyTransformerEncoderPositionBias
@@ -432,7 +433,8 @@ class TinyTransformerEncoder(TinyTransformerStack):
             hidden_states = layer(hidden_states, self_attention_mask, **kwargs)
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
-        return TinyTransformerEncoderOutput(last_hidden_state=hidden_states, occurrence_indices=indices)
+        ids = input_ids if indices is not None else None  # the decoder's occurrence bias tells equal tokens by them
+        return TinyTransformerEncoderOutput(last_hidden_state=hidden_states, occurrence_indices=indices, input_ids=ids)
 
 
 class TinyTransformerDecoder(TinyTransformerStack):
@@ -468,6 +470,7 @@ class TinyTransformerDecoder(TinyTransformerStack):
         use_cache: bool | None = None,
         occurrence_indices: torch.LongTensor | None = None,
         encoder_occurrence_indices: torch.LongTensor | None = None,
+        encoder_input_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         config = self.config
@@ -517,6 +520,8 @@ class TinyTransformerDecoder(TinyTransformerStack):
                 source_occurrence_indices(
                     encoder_occurrence_indices, batch_size, source_length, check_values=not encoder_side_checked
                 ),
+                input_ids,
+                encoder_input_ids,
             )
             cross_bias = occurrence_bias if cross_bias is None else cross_bias + occurrence_bias
         if cross_bias is not None:
@@ -582,6 +587,7 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = encoder_output_from_tuple(encoder_outputs)
         source_indices = encoder_outputs_indices(self.config, encoder_outputs, input_ids, attention_mask)
+        source_ids = source_ids_for_pairs(self.config, encoder_outputs, input_ids)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."
@@ -596,6 +602,7 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             use_cache=use_cache,
             occurrence_indices=decoder_occurrence_indices,
             encoder_occurrence_indices=source_indices,
+            encoder_input_ids=source_ids,
             **kwargs,
         )
         return Seq2SeqModelOutput(

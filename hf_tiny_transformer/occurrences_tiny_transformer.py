@@ -10,17 +10,25 @@ known: having read its (r+1)-th `7`, the decoder has written r + 1 sevens, and w
 holds a 7 of index r + 1.
 
 What. The occurrence index of token t of a sequence is o_t = #{u < t : x_u = x_t}, padding not counted (0 for an id's
-first occurrence). Encoder-decoder attention adds a learned bias per head looked up by the difference between the
-source key's index and the decoder query's, o_j - r_i, clipped to ±OCCURRENCE_MAX_DIFFERENCE:
-S = QKᵀ/√d + B_position + B_occurrence. Together with the content score (the keys of the token the decoder reads),
-the bias of difference +1 points a head at the next copy to write and nowhere else, at any count and any length:
-the same trained table serves 3 copies and 100. It is the relative position bias of relative_positions_tiny_transformer
-with occurrence indices in place of positions.
+first occurrence). Encoder-decoder attention adds a learned bias per head to the scores of each pair of decoder query
+i and source key j holding the same token, looked up by the difference of their indices, o_j - r_i, clipped to
+±OCCURRENCE_MAX_DIFFERENCE; every other pair gets one more learned bias per head of its own:
+S = QKᵀ/√d + B_position + B_occurrence. The bias of difference +1 points a head at the next copy to write and nowhere
+else, at any count and any length: the same trained table serves 3 copies and 100. It is the relative position bias
+of relative_positions_tiny_transformer with occurrence indices in place of positions.
 
-The indices come from the token ids: the encoder returns the source's with its output (`occurrence_indices`) and the
-decoder counts its own inputs; a decoding step with a cache sees only its new tokens, so `generate` passes their
-indices counted over every decoder token so far (`decoder_occurrence_indices`). This file is copied next to the
-weights by `save_pretrained` (the model file imports it), so it imports only torch, transformers and the config.
+Why only between equal tokens (`occurrence_bias_pairs="same_token"`, the default). A source key of another value has
+an index that says nothing about the query's, yet with the difference looked up for every pair (`"all"`, the first
+version, which checkpoints saved before the field existed keep) the first copy of the next value to write, of index
+0, gets the bias of -r after a group of r + 1 copies: the same as the copies already written, which a head must avoid.
+Sort, seeds 42-46, 1,500 steps: 2-3 distinct values 98.0-100% with every pair biased, 100% on every seed with equal
+tokens only (bench/README.md, "Sort with repeats").
+
+The indices come from the token ids: the encoder returns the source's with its output (`occurrence_indices`, and the
+ids themselves, `input_ids`, which tell the pairs of equal tokens) and the decoder counts its own inputs; a decoding
+step with a cache sees only its new tokens, so `generate` passes their indices counted over every decoder token so far
+(`decoder_occurrence_indices`). This file is copied next to the weights by `save_pretrained` (the model file imports
+it), so it imports only torch, transformers and the config.
 """
 
 from dataclasses import dataclass
@@ -37,6 +45,9 @@ from .input_checks_tiny_transformer import check_bias_backend
 # Differences beyond ±4 share the end buckets: a head needs the next copy (+1) and the one just written (0) told
 # apart from the others, not their distances.
 OCCURRENCE_MAX_DIFFERENCE = 4
+# The table's rows: one per clipped difference, and with `occurrence_bias_pairs="same_token"` one for the pairs of
+# different tokens (the last).
+OCCURRENCE_DIFFERENCES = 2 * OCCURRENCE_MAX_DIFFERENCE + 1
 
 
 def occurrence_indices(
@@ -123,6 +134,40 @@ def encoder_outputs_indices(
     return indices
 
 
+def source_ids_for_pairs(
+    config: TinyTransformerConfig, encoder_outputs, input_ids: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The source's token ids the decoder compares its own with (`occurrence_bias_pairs="same_token"`): the encoder's
+    output's, or the `input_ids` given beside encoder outputs without them; None where the bias does not need them."""
+    if not (config.occurrence_bias and config.occurrence_bias_pairs == "same_token"):
+        return None
+    ids = getattr(encoder_outputs, "input_ids", None)
+    return input_ids if ids is None else ids
+
+
+def check_pair_ids(
+    config: TinyTransformerConfig, decoder_ids: torch.Tensor | None, source_ids: torch.Tensor | None, source_length: int
+) -> None:
+    """`ValueError` unless the ids that tell the pairs of equal tokens apart are there, of the source's length."""
+    if config.occurrence_bias_pairs != "same_token":
+        return
+    if decoder_ids is None:
+        raise ValueError(
+            "occurrence_bias_pairs='same_token' compares the decoder's token ids with the source's: pass "
+            "`decoder_input_ids`, not `decoder_inputs_embeds`."
+        )
+    if source_ids is None:
+        raise ValueError(
+            "occurrence_bias_pairs='same_token' compares the decoder's token ids with the source's: pass `input_ids`, "
+            "or `encoder_outputs` as the encoder returns them (with their `input_ids`)."
+        )
+    if source_ids.dim() != 2 or source_ids.shape[0] != decoder_ids.shape[0] or source_ids.shape[1] != source_length:
+        raise ValueError(
+            f"`encoder_outputs.input_ids` must have shape [{decoder_ids.shape[0]}, {source_length}], got "
+            f"{list(source_ids.shape)}."
+        )
+
+
 def source_occurrence_indices(
     given: torch.Tensor | None, batch_size: int, source_length: int, check_values: bool = True
 ) -> torch.Tensor:
@@ -138,19 +183,32 @@ def source_occurrence_indices(
 
 
 class TinyTransformerOccurrenceBias(nn.Module):
-    """B[h, i, j] = b_h(clip(o_j - r_i)): one learned bias per head and occurrence difference between source key j and
-    decoder query i, added to the encoder-decoder attention scores. Shared by all the decoder's layers."""
+    """B[h, i, j] = b_h(clip(o_j - r_i)) for a decoder query i and a source key j of the same token, and b_h(other)
+    for any other pair (with `occurrence_bias_pairs="all"`, b_h(clip(o_j - r_i)) for every pair): one learned bias per
+    head added to the encoder-decoder attention scores. Shared by all the decoder's layers."""
 
     def __init__(self, config: TinyTransformerConfig):
         super().__init__()
         self.config = config
-        self.bias = nn.Embedding(2 * OCCURRENCE_MAX_DIFFERENCE + 1, config.num_attention_heads)
+        self.same_token_only = config.occurrence_bias_pairs == "same_token"
+        self.bias = nn.Embedding(OCCURRENCE_DIFFERENCES + self.same_token_only, config.num_attention_heads)
 
-    def forward(self, decoder_indices: torch.Tensor, source_indices: torch.Tensor) -> torch.Tensor:
-        """[batch, query] and [batch, key] occurrence indices -> B as [batch, heads, query, key]."""
+    def forward(
+        self,
+        decoder_indices: torch.Tensor,
+        source_indices: torch.Tensor,
+        decoder_ids: torch.Tensor | None = None,
+        source_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[batch, query] and [batch, key] occurrence indices (and, for pairs of the same token only, the tokens'
+        ids, of the same shapes) -> B as [batch, heads, query, key]."""
         check_bias_backend(self.config, "occurrence_bias=True")
         difference = source_indices[:, None, :] - decoder_indices[:, :, None]
         buckets = difference.clamp(-OCCURRENCE_MAX_DIFFERENCE, OCCURRENCE_MAX_DIFFERENCE) + OCCURRENCE_MAX_DIFFERENCE
+        if self.same_token_only:
+            check_pair_ids(self.config, decoder_ids, source_ids, source_indices.shape[1])
+            same_token = source_ids[:, None, :] == decoder_ids[:, :, None]
+            buckets = torch.where(same_token, buckets, OCCURRENCE_DIFFERENCES)  # the last row: different tokens
         # one-hot @ table, as the relative position bias does: a backward of one matrix product instead of a scatter.
         one_hot = F.one_hot(buckets, self.bias.num_embeddings).to(self.bias.weight.dtype)
         return (one_hot @ self.bias.weight).permute(0, 3, 1, 2)
@@ -162,15 +220,20 @@ class TinyTransformerEncoderOutput(BaseModelOutput):
     occurrence_indices (`torch.LongTensor` of shape `[batch, source_length]`, *optional*):
         With `config.occurrence_bias`: how many earlier source tokens have each token's id, which the decoder's
         occurrence bias compares with its own (occurrences_tiny_transformer.py).
+    input_ids (`torch.LongTensor` of shape `[batch, source_length]`, *optional*):
+        With `config.occurrence_bias`: the source's token ids, with which the decoder tells the pairs of equal tokens
+        (`occurrence_bias_pairs="same_token"`).
     """
 
     occurrence_indices: torch.LongTensor | None = None
+    input_ids: torch.LongTensor | None = None
 
 
 def encoder_output_from_tuple(outputs: tuple) -> TinyTransformerEncoderOutput:
     """Encoder outputs passed as a tuple (the encoder's with `return_dict=False`, its fields that are not None in
-    order, or a caller's): the states, hidden states and attentions, and the occurrence indices, its integer tensor."""
-    is_indices = [isinstance(item, torch.Tensor) and not item.is_floating_point() for item in outputs]
-    indices = next((item for item, flag in zip(outputs, is_indices) if flag), None)
-    states = [item for item, flag in zip(outputs, is_indices) if not flag]
-    return TinyTransformerEncoderOutput(*states[:3], occurrence_indices=indices)
+    order, or a caller's): the states, hidden states and attentions, then the integer tensors: the occurrence indices
+    and the source's ids."""
+    is_integer = [isinstance(item, torch.Tensor) and not item.is_floating_point() for item in outputs]
+    integers = [item for item, flag in zip(outputs, is_integer) if flag]
+    states = [item for item, flag in zip(outputs, is_integer) if not flag]
+    return TinyTransformerEncoderOutput(*states[:3], *([None] * (3 - len(states[:3]))), *integers[:2])

@@ -18,7 +18,8 @@ two graphs, so that every position scheme, mask and cache behaves as in `generat
 A model with the occurrence bias (`config.occurrence_bias`, sort's recipe) also needs the tokens' occurrence indices
 (how many equal tokens came before each): `first_step.onnx` returns the source's, source_occurrence_indices [batch,
 source], and `next_step.onnx` takes them back with the new token's, decoder_occurrence_indices [batch, 1] (int64),
-after the cache inputs; the generator below counts the latter over the tokens generated so far.
+after the cache inputs, and, where the bias compares equal tokens only (`occurrence_bias_pairs="same_token"`), the
+source's ids, input_ids [batch, source]; the generator below counts the new token's over the tokens generated so far.
 The folder also gets the model's `config.json` and `generation_config.json` (special ids, `max_new_tokens`).
 
 `OnnxGreedyGenerator(folder).generate(input_ids, attention_mask)` then decodes on ONNX Runtime as
@@ -87,9 +88,18 @@ NOT_GREEDY_SETTINGS = (
 )
 
 
-# The occurrence bias's inputs of next_step.onnx (the first also an output of first_step.onnx).
-OCCURRENCE_NAMES = ("source_occurrence_indices", "decoder_occurrence_indices")
+# The occurrence bias's inputs of next_step.onnx (the first also an output of first_step.onnx; the last only where
+# the bias compares equal tokens only).
+OCCURRENCE_NAMES = ("source_occurrence_indices", "decoder_occurrence_indices", "input_ids")
 OCCURRENCE_SOURCE_NAME = OCCURRENCE_NAMES[:1]
+
+
+def occurrence_inputs(config) -> int:
+    """How many of OCCURRENCE_NAMES next_step.onnx takes: none without the occurrence bias, the two indices, and the
+    source's ids where the bias compares equal tokens only."""
+    if not config.occurrence_bias:
+        return 0
+    return 2 + (config.occurrence_bias_pairs == "same_token")
 
 
 def cache_names(prefix: str, layers: int, side: str) -> list[str]:
@@ -149,8 +159,9 @@ class NextStep(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         self_attention = cache_tensors[: 2 * self.layers]
         cross_attention = cache_tensors[2 * self.layers : 4 * self.layers]
-        # With the occurrence bias: the source's occurrence indices and the new token's, after the caches.
-        source_indices, decoder_indices = cache_tensors[4 * self.layers :] or (None, None)
+        # With the occurrence bias: the source's occurrence indices and the new token's, after the caches (and the
+        # source's ids, where the bias compares equal tokens only).
+        source_indices, decoder_indices, source_ids = (*cache_tensors[4 * self.layers :], None, None, None)[:3]
         cache = EncoderDecoderCache(
             DynamicCache(layer_pairs(self_attention)), DynamicCache(layer_pairs(cross_attention))
         )
@@ -158,7 +169,9 @@ class NextStep(nn.Module):
         batch_size, source_length = attention_mask.shape
         encoder_states = cross_attention[0].new_zeros(()).expand(batch_size, source_length, self.model.config.d_model)
         output = self.model(
-            encoder_outputs=TinyTransformerEncoderOutput(encoder_states, occurrence_indices=source_indices),
+            encoder_outputs=TinyTransformerEncoderOutput(
+                encoder_states, occurrence_indices=source_indices, input_ids=source_ids
+            ),
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
             use_cache=True,
@@ -253,9 +266,9 @@ def export_onnx(
             )
             self_attention = [tensor.repeat(1, 1, 3, 1) for tensor in first_outputs[1 : 1 + 2 * layers]]
             cross_attention = list(first_outputs[1 + 2 * layers : 1 + 4 * layers])
-            # The source's occurrence indices, and a new token's (two copies before it).
-            occurrences = [*first_outputs[1 + 4 * layers :], torch.full_like(decoder_input_ids, 2)]
-            occurrences = occurrences if config.occurrence_bias else []
+            # The source's occurrence indices, a new token's (two copies before it), and the source's ids.
+            occurrences = [*first_outputs[1 + 4 * layers :], torch.full_like(decoder_input_ids, 2), input_ids]
+            occurrences = occurrences[: occurrence_inputs(config)]
             torch.onnx.export(
                 NextStep(model).eval(),
                 (decoder_input_ids, attention_mask, *self_attention, *cross_attention, *occurrences),
@@ -265,7 +278,7 @@ def export_onnx(
                     "attention_mask",
                     *cache_names("past_key_values", layers, "decoder"),
                     *cache_names("past_key_values", layers, "encoder"),
-                    *OCCURRENCE_NAMES[: 2 * config.occurrence_bias],
+                    *OCCURRENCE_NAMES[: occurrence_inputs(config)],
                 ],
                 output_names=["logits", *cache_names("present", layers, "decoder")],
                 dynamic_shapes=(
@@ -274,7 +287,7 @@ def export_onnx(
                     tuple(
                         [{0: batch, 2: past}] * (2 * layers)
                         + [{0: batch, 2: source}] * (2 * layers)
-                        + [{0: batch, 1: source}, {0: batch}][: 2 * config.occurrence_bias]
+                        + [{0: batch, 1: source}, {0: batch}, {0: batch, 1: source}][: occurrence_inputs(config)]
                     ),
                 ),
                 opset_version=opset_version,
@@ -413,6 +426,8 @@ class OnnxGreedyGenerator:
         feed = {"attention_mask": attention_mask, **dict(zip(self.cross_attention_inputs, cross_attention))}
         if self.config.occurrence_bias:
             feed[OCCURRENCE_NAMES[0]] = outputs[1 + 4 * layers]
+        if occurrence_inputs(self.config) == 3:
+            feed[OCCURRENCE_NAMES[2]] = input_ids
         unfinished = np.ones(batch_size, dtype=bool)
         for step in range(1, 1 + max_new_tokens):
             next_tokens = np.where(unfinished, logits.argmax(-1), pad)

@@ -2,13 +2,20 @@
 attention, the same outputs on every path (cache or none, beams, backends, padding, tuples), and a clear error for
 every input it cannot count."""
 
+import json
+
 import pytest
 import torch
 from conftest import occurrence_bias_model, seeded_model, tiny_config
+from transformers import AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
-from hf_tiny_transformer.occurrences_tiny_transformer import OCCURRENCE_MAX_DIFFERENCE, occurrence_indices
+from hf_tiny_transformer.occurrences_tiny_transformer import (
+    OCCURRENCE_DIFFERENCES,
+    OCCURRENCE_MAX_DIFFERENCE,
+    occurrence_indices,
+)
 
 
 def repeated_source(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,32 +36,79 @@ def test_occurrence_indices_count_earlier_equal_tokens_and_skip_padding():
     assert torch.equal(occurrence_indices(ids, last=2), occurrence_indices(ids)[:, -2:])
 
 
-def test_the_bias_compares_the_occurrence_indices_of_query_and_key():
-    # No content score (zero query weights) and a table that favours a difference of +1 only: a decoder query whose
-    # token occurred r times before attends to exactly the source tokens that occurred r + 1 times before theirs.
-    model = occurrence_bias_model(attn_implementation="eager", position_embedding_type="learned")
+def attention_with_table(pairs: str, row: int) -> torch.Tensor:
+    """The first head's encoder-decoder attention of SOURCE and DECODER with no content score (zero query weights)
+    and a bias table of zeros except 50 in `row`."""
+    model = occurrence_bias_model(
+        attn_implementation="eager", position_embedding_type="learned", occurrence_bias_pairs=pairs
+    )
     with torch.no_grad():
         for layer in model.model.decoder.layers:
             layer.encoder_attn.q_proj.weight.zero_()
             layer.encoder_attn.q_proj.bias.zero_()
         table = model.model.decoder.occurrence_bias.bias.weight
         table.zero_()
-        table[OCCURRENCE_MAX_DIFFERENCE + 1] = 50.0
-    source = torch.tensor([[7, 5, 7, 7, 5]])  # occurrence indices 0 0 1 2 1
-    decoder = torch.tensor([[7, 7, 5, 7]])  # occurrence indices 0 1 0 2
-    attention = model(input_ids=source, decoder_input_ids=decoder, output_attentions=True).cross_attentions[0][0, 0]
+        table[row] = 50.0
+    return model(input_ids=SOURCE, decoder_input_ids=DECODER, output_attentions=True).cross_attentions[0][0, 0]
+
+
+SOURCE = torch.tensor([[7, 5, 7, 7, 5]])  # occurrence indices 0 0 1 2 1
+DECODER = torch.tensor([[7, 7, 5, 7]])  # occurrence indices 0 1 0 2
+NEXT_COPY = OCCURRENCE_MAX_DIFFERENCE + 1  # the table's row of a difference of +1
+
+
+def test_the_bias_compares_the_occurrence_indices_of_equal_tokens():
+    # A table that favours a difference of +1 only: a decoder query whose token occurred r times before attends to
+    # exactly the source copies of its token that occurred r + 1 times before.
+    expected = torch.tensor([
+        [0, 0, 1, 0, 0],  # the first 7: the second 7
+        [0, 0, 0, 1, 0],  # the second 7: the third
+        [0, 0, 0, 0, 1],  # the first 5: the second 5
+        [0.2] * 5,  # the third 7: the source has no fourth, so no key is favoured
+    ])  # fmt: skip
+    torch.testing.assert_close(attention_with_table("same_token", NEXT_COPY), expected, atol=1e-4, rtol=0)
+    # The last row biases the pairs of different tokens, whatever their indices: a 7 attends to the 5s, a 5 to the 7s.
+    expected = torch.tensor(
+        [[0, 0.5, 0, 0, 0.5], [0, 0.5, 0, 0, 0.5], [1 / 3, 0, 1 / 3, 1 / 3, 0], [0, 0.5, 0, 0, 0.5]]
+    )
+    torch.testing.assert_close(attention_with_table("same_token", OCCURRENCE_DIFFERENCES), expected, atol=1e-4, rtol=0)
+
+
+def test_the_first_version_biases_every_pair_by_its_indices():
+    # occurrence_bias_pairs="all": any source token whose index is the query's + 1, of its value or another.
     expected = torch.tensor([
         [0, 0, 0.5, 0, 0.5],  # index 0: the keys of index 1
         [0, 0, 0, 1, 0],  # index 1: the key of index 2
         [0, 0, 0.5, 0, 0.5],
         [0.2] * 5,  # index 2: no key of index 3, so no key is favoured
     ])  # fmt: skip
-    torch.testing.assert_close(attention, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(attention_with_table("all", NEXT_COPY), expected, atol=1e-4, rtol=0)
+    model = occurrence_bias_model(occurrence_bias_pairs="all")
+    assert model.model.decoder.occurrence_bias.bias.num_embeddings == OCCURRENCE_DIFFERENCES
 
 
+def test_a_folder_saved_before_the_pairs_field_loads_as_the_first_version(tmp_path):
+    # A config.json with the occurrence bias and no `occurrence_bias_pairs` (saved before the field) means "all", and
+    # its 9-row table loads and computes as it did; a new save states the field.
+    model = occurrence_bias_model(occurrence_bias_pairs="all")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["occurrence_bias_pairs"] == "all"
+    del config["occurrence_bias_pairs"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert loaded.config.occurrence_bias_pairs == "all"
+    inputs = dict(input_ids=SOURCE, decoder_input_ids=DECODER)
+    torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+    assert TinyTransformerConfig(occurrence_bias=True).occurrence_bias_pairs == "same_token"
+    with pytest.raises(ValueError, match="`occurrence_bias_pairs` must be one of"):
+        TinyTransformerConfig(occurrence_bias=True, occurrence_bias_pairs="equal")
+
+
+@pytest.mark.parametrize("pairs", ["same_token", "all"])
 @pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned", "relative"])
-def test_every_decoding_path_gives_the_same_tokens(position_embedding_type):
-    model = occurrence_bias_model(position_embedding_type=position_embedding_type)
+def test_every_decoding_path_gives_the_same_tokens(position_embedding_type, pairs):
+    model = occurrence_bias_model(position_embedding_type=position_embedding_type, occurrence_bias_pairs=pairs)
     input_ids, attention_mask = repeated_source()
     settings = dict(max_new_tokens=12, do_sample=False, min_new_tokens=12)
     greedy = model.generate(input_ids, attention_mask=attention_mask, **settings)
@@ -69,7 +123,9 @@ def test_every_decoding_path_gives_the_same_tokens(position_embedding_type):
     # The padded row equals its source alone; eager equals SDPA.
     alone = model.generate(input_ids[1:, 3:], **settings)
     assert torch.equal(greedy[1:], alone)
-    eager = occurrence_bias_model(attn_implementation="eager", position_embedding_type=position_embedding_type)
+    eager = occurrence_bias_model(
+        attn_implementation="eager", position_embedding_type=position_embedding_type, occurrence_bias_pairs=pairs
+    )
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=greedy)
     torch.testing.assert_close(eager(**inputs).logits, logits, atol=1e-5, rtol=1e-5)
 
@@ -92,6 +148,7 @@ def test_encoder_outputs_carry_the_indices_as_an_object_or_a_tuple():
     encoder = model.get_encoder()
     output = encoder(input_ids=input_ids, attention_mask=attention_mask)
     assert torch.equal(output.occurrence_indices, occurrence_indices(input_ids, attention_mask))
+    assert torch.equal(output.input_ids, input_ids)  # the decoder tells the pairs of equal tokens by them
     as_tuple = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=False)
     for encoder_outputs in (output, as_tuple):
         logits = model(
@@ -118,6 +175,24 @@ def test_inputs_it_cannot_count_are_refused_by_name():
             "pass `decoder_input_ids`, not `decoder_inputs_embeds`",
         ),
         (dict(encoder_outputs=(states,), decoder_input_ids=input_ids), "with their `occurrence_indices`"),
+        (
+            dict(encoder_outputs=(states, occurrence_indices(input_ids)), decoder_input_ids=input_ids),
+            "with their `input_ids`",
+        ),
+        (
+            dict(
+                encoder_outputs=(states, occurrence_indices(input_ids), input_ids[:, :4]), decoder_input_ids=input_ids
+            ),
+            r"`encoder_outputs.input_ids` must have shape \[2, 9\], got \[2, 4\]",
+        ),
+        (
+            dict(
+                input_ids=input_ids,
+                decoder_inputs_embeds=embeds,
+                decoder_occurrence_indices=occurrence_indices(input_ids),
+            ),
+            "compares the decoder's token ids with the source's: pass `decoder_input_ids`",
+        ),
         (
             dict(input_ids=input_ids, decoder_input_ids=input_ids, decoder_occurrence_indices=torch.zeros(2, 3)),
             "`decoder_occurrence_indices` must be an integer tensor",

@@ -21,7 +21,11 @@ import yaml
 from transformers import AutoConfig, HfArgumentParser, PreTrainedTokenizerBase, Seq2SeqTrainingArguments
 
 from hf_tiny_transformer import TinyTransformerConfig
-from hf_tiny_transformer.configuration_tiny_transformer import NORM_POSITIONS, POSITION_EMBEDDING_TYPES
+from hf_tiny_transformer.configuration_tiny_transformer import (
+    NORM_POSITIONS,
+    OCCURRENCE_BIAS_PAIRS,
+    POSITION_EMBEDDING_TYPES,
+)
 from hf_tiny_transformer_train.data import SPLITS, TASKS, build_tokenizer, longest_sequence
 from hf_tiny_transformer_train.tokenizer_training import MIN_VOCAB_SIZE, TOKENIZER_TYPES
 from hf_tiny_transformer_train.typed_inputs import SEQUENCE_TASKS
@@ -61,6 +65,14 @@ class NewModelArguments:
         metadata={
             "help": "Encoder-decoder attention of a new model adds a learned bias by how many times the source token "
             "and the decoder's token occurred before, so that it can count repeated values (sort needs it)."
+        },
+    )
+    occurrence_bias_pairs: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --occurrence_bias: the pairs of decoder and source token it compares (same_token: equal "
+            "tokens only, the others sharing one bias; all: every pair, the first version).",
+            "choices": list(OCCURRENCE_BIAS_PAIRS),
         },
     )
     norm_position: str | None = field(

@@ -530,10 +530,16 @@ def training_section(
             "exact match instead of 1,500).",
         )
     if getattr(model.config, "occurrence_bias", False):
+        pairs = getattr(model.config, "occurrence_bias_pairs", "all")
+        compared = (
+            "between a decoder token and the source's copies of the same token (every other pair sharing one bias)"
+            if pairs == "same_token"
+            else "between every decoder token and every source token"
+        )
         lines.append(
             "- Occurrence bias: encoder-decoder attention adds a learned bias by how many times the source token and "
-            "the decoder's token occurred before in their sequences, so that the model counts repeated values by "
-            "finding the next copy to write instead of by shares of attention (sort, 2-3 distinct values repeated: "
+            f"the decoder's token occurred before in their sequences, {compared}, so that the model counts repeated "
+            "values by finding the next copy to write instead of by shares of attention (sort, 2-3 distinct values "
             '57.5-72% exact match without it after 5,000 steps; bench/README.md, "Sort with repeats").'
         )
     if run.curriculum_steps:
