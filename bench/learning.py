@@ -331,12 +331,18 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
             run["eval_s"] += time.perf_counter() - begin
             steps = min(start + interval, recipe.max_steps)
             run["curve"].append({"step": steps, "train_s": run["train_s"], "validation_exact_match": score})
-            if score >= target and run["reached"] is None:
+            if target and score >= target and run["reached"] is None:  # a target of 0 (or None) is off, as in train.py
                 run["reached"] = {"step": steps, "train_s": run["train_s"]}
             run["stopped"] = run["reached"] is not None or run["train_s"] > budget_s
         if all(run["stopped"] for run in state.values()):
             break
-    return {name: {key: run[key] for key in ("curve", "reached", "train_s", "eval_s")} for name, run in state.items()}
+    return {
+        name: {
+            **{key: run[key] for key in ("curve", "reached", "train_s", "eval_s")},
+            "steps": run["curve"][-1]["step"] if run["curve"] else 0,
+        }
+        for name, run in state.items()
+    }
 
 
 def task_splits(recipe: Recipe, seed: int, test_size: int, longer: list[tuple[int, int]] = (), families: int = 0):
@@ -430,7 +436,7 @@ def benchmark_length(
     validation target, at most `max_steps` steps: a budget in steps, so that the figures do not depend on the machine's
     speed or load), tested on held-out sources of that range and of the longer ones (26-50 and 51-100; add 11-20 and
     21-40), uniform and, for the sequence tasks, of each typed-input family."""
-    report = {}
+    report, recipes = {}, {}
     for task in tasks:
         (_, trained_longest), *longer = LENGTH_RANGES[task]
         overrides = {
@@ -439,7 +445,7 @@ def benchmark_length(
             "max_steps": max_steps,
             **(SMOKE if smoke else {}),
         }
-        recipe = Recipe.for_task(task, **overrides)
+        recipe = recipes[task] = Recipe.for_task(task, **overrides)
         vocab_size, splits = task_splits(recipe, seed, test_size, longer, families if task in SEQUENCE_TASKS else 0)
         report[task] = {}
         for label, (scheme, scaled) in LENGTH_MODELS.items():
@@ -454,7 +460,9 @@ def benchmark_length(
                 if split_name[0].isdigit() or " " in split_name:  # "26-50", "one_value 1-25", ...
                     longest = int(split_name.split("-")[-1])
                     scores[split_name] = exact_match(model, split, data.target_length(task, longest) + 1, 100)
-            report[task][label] = {"exact_match": scores, "reached": result["reached"], "train_s": result["train_s"]}
+            report[task][label] = {
+                "exact_match": scores, "reached": result["reached"], "steps": result["steps"], "train_s": result["train_s"]
+            }  # fmt: skip
             print(f"  {task}, {label}: {scores}", file=sys.stderr, flush=True)
     rows = [("task, model, lengths trained", "steps trained", "test, lengths trained", "longer, to 2x", "2x to 4x")]
     family_rows = [("task, model, lengths", *FAMILIES)]
@@ -463,6 +471,8 @@ def benchmark_length(
         families_tested = families and task in SEQUENCE_TASKS
         for label, result in models.items():
             steps = result["reached"]["step"] if result["reached"] else "target not reached"
+            if not recipes[task].target_exact_match:  # no target: every step of the budget is trained
+                steps = result["steps"]
             scores = result["exact_match"]
             rows.append((f"{task}, {label}, {ranges[0]}", steps, *(f"{key}: {scores[key]:.1%}" for key in ranges)))
             for lengths in ranges if families_tested else ():
