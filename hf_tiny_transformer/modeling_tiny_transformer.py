@@ -80,8 +80,7 @@ from .occurrences_tiny_transformer import (
     count_source_occurrences,
     decoder_occurrence_indices,
     encoder_output_from_tuple,
-    encoder_outputs_indices,
-    source_ids_for_pairs,
+    encoder_outputs_sources,
     source_occurrence_indices,
 )
 from .relative_positions_tiny_transformer import TinyTransformerDecoderPositionBias, TinyTransformerEncoderPositionBias
@@ -586,8 +585,7 @@ class TinyTransformerModel(TinyTransformerPreTrainedModel):
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = encoder_output_from_tuple(encoder_outputs)
-        source_indices = encoder_outputs_indices(self.config, encoder_outputs, input_ids, attention_mask)
-        source_ids = source_ids_for_pairs(self.config, encoder_outputs, input_ids)
+        source_indices, source_ids = encoder_outputs_sources(self.config, encoder_outputs, input_ids, attention_mask)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "Pass `decoder_input_ids` (or `labels` to TinyTransformerForConditionalGeneration, which shifts them)."

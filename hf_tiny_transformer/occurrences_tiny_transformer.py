@@ -123,34 +123,21 @@ def check_decoder_indices_wanted(config: TinyTransformerConfig, indices: torch.T
         raise ValueError("`decoder_occurrence_indices` are for a model with `occurrence_bias=True`; this one has none.")
 
 
-def encoder_outputs_indices(
+def encoder_outputs_sources(
     config: TinyTransformerConfig, encoder_outputs, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
-) -> torch.Tensor | None:
-    """The source's occurrence indices the decoder gets: the encoder's, or, for encoder outputs without them (a
-    caller's states) given beside the source's ids, counted over those; None without the occurrence bias."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The source's occurrence indices and token ids the decoder's bias gets: the encoder's, or, for encoder outputs
+    without them (a caller's states) given beside the source's ids, counted over those and those ids."""
     indices = getattr(encoder_outputs, "occurrence_indices", None)
-    if indices is None and config.occurrence_bias and input_ids is not None:
-        indices = occurrence_indices(input_ids, attention_mask)
-    return indices
-
-
-def source_ids_for_pairs(
-    config: TinyTransformerConfig, encoder_outputs, input_ids: torch.Tensor | None
-) -> torch.Tensor | None:
-    """The source's token ids the decoder compares its own with (`occurrence_bias_pairs="same_token"`): the encoder's
-    output's, or the `input_ids` given beside encoder outputs without them; None where the bias does not need them."""
-    if not (config.occurrence_bias and config.occurrence_bias_pairs == "same_token"):
-        return None
     ids = getattr(encoder_outputs, "input_ids", None)
-    return input_ids if ids is None else ids
+    if config.occurrence_bias and input_ids is not None:
+        indices = occurrence_indices(input_ids, attention_mask) if indices is None else indices
+        ids = input_ids if ids is None else ids
+    return indices, ids
 
 
-def check_pair_ids(
-    config: TinyTransformerConfig, decoder_ids: torch.Tensor | None, source_ids: torch.Tensor | None, source_length: int
-) -> None:
+def check_pair_ids(decoder_ids: torch.Tensor | None, source_ids: torch.Tensor | None, source_length: int) -> None:
     """`ValueError` unless the ids that tell the pairs of equal tokens apart are there, of the source's length."""
-    if config.occurrence_bias_pairs != "same_token":
-        return
     if decoder_ids is None:
         raise ValueError(
             "occurrence_bias_pairs='same_token' compares the decoder's token ids with the source's: pass "
@@ -206,7 +193,7 @@ class TinyTransformerOccurrenceBias(nn.Module):
         difference = source_indices[:, None, :] - decoder_indices[:, :, None]
         buckets = difference.clamp(-OCCURRENCE_MAX_DIFFERENCE, OCCURRENCE_MAX_DIFFERENCE) + OCCURRENCE_MAX_DIFFERENCE
         if self.same_token_only:
-            check_pair_ids(self.config, decoder_ids, source_ids, source_indices.shape[1])
+            check_pair_ids(decoder_ids, source_ids, source_indices.shape[1])
             same_token = source_ids[:, None, :] == decoder_ids[:, :, None]
             buckets = torch.where(same_token, buckets, OCCURRENCE_DIFFERENCES)  # the last row: different tokens
         # one-hot @ table, as the relative position bias does: a backward of one matrix product instead of a scatter.
@@ -236,4 +223,4 @@ def encoder_output_from_tuple(outputs: tuple) -> TinyTransformerEncoderOutput:
     is_integer = [isinstance(item, torch.Tensor) and not item.is_floating_point() for item in outputs]
     integers = [item for item, flag in zip(outputs, is_integer) if flag]
     states = [item for item, flag in zip(outputs, is_integer) if not flag]
-    return TinyTransformerEncoderOutput(*states[:3], *([None] * (3 - len(states[:3]))), *integers[:2])
+    return TinyTransformerEncoderOutput(*(states + [None] * 3)[:3], *integers[:2])
