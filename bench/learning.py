@@ -144,6 +144,7 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
             "the recipe (train.py's defaults for sort)": [],
             "float32 instead of bf16": ["--bf16", "false"],
             "the occurrence bias over every pair of tokens (2026-12-03)": ["--occurrence_bias_pairs", "all"],
+            "one bias for every pair of different tokens (2026-12-04)": ["--occurrence_bias_pairs", "same_token"],
             "a stop at 100% validation exact match": ["--target_exact_match", "1"],
             "no occurrence bias": ["--occurrence_bias", "false"],
             "no occurrence bias, 5,000 steps (the recipe before it)": ["--occurrence_bias", "false", "--max_steps", "5000"],

@@ -18,7 +18,7 @@ two graphs, so that every position scheme, mask and cache behaves as in `generat
 A model with the occurrence bias (`config.occurrence_bias`, sort's recipe) also needs the tokens' occurrence indices
 (how many equal tokens came before each): `first_step.onnx` returns the source's, source_occurrence_indices [batch,
 source], and `next_step.onnx` takes them back with the new token's, decoder_occurrence_indices [batch, 1] (int64),
-after the cache inputs, and, where the bias compares equal tokens only (`occurrence_bias_pairs="same_token"`), the
+after the cache inputs, and, where the bias compares equal tokens (`occurrence_bias_pairs` other than `"all"`), the
 source's ids, input_ids [batch, source]; the generator below counts the new token's over the tokens generated so far.
 The folder also gets the model's `config.json` and `generation_config.json` (special ids, `max_new_tokens`).
 
@@ -96,10 +96,10 @@ OCCURRENCE_SOURCE_NAME = OCCURRENCE_NAMES[:1]
 
 def occurrence_inputs(config) -> int:
     """How many of OCCURRENCE_NAMES next_step.onnx takes: none without the occurrence bias, the two indices, and the
-    source's ids where the bias compares equal tokens only."""
+    source's ids where the bias compares equal tokens (`occurrence_bias_pairs` other than `"all"`)."""
     if not config.occurrence_bias:
         return 0
-    return 2 + (config.occurrence_bias_pairs == "same_token")
+    return 2 + (config.occurrence_bias_pairs != "all")
 
 
 def cache_names(prefix: str, layers: int, side: str) -> list[str]:

@@ -10,6 +10,7 @@ from conftest import occurrence_bias_model, seeded_model, tiny_config
 from transformers import AutoModelForSeq2SeqLM
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
+from hf_tiny_transformer.configuration_tiny_transformer import OCCURRENCE_BIAS_PAIRS
 from hf_tiny_transformer.modeling_tiny_transformer import CACHE_FIELD
 from hf_tiny_transformer.occurrences_tiny_transformer import (
     OCCURRENCE_DIFFERENCES,
@@ -74,6 +75,25 @@ def test_the_bias_compares_the_occurrence_indices_of_equal_tokens():
     torch.testing.assert_close(attention_with_table("same_token", OCCURRENCE_DIFFERENCES), expected, atol=1e-4, rtol=0)
 
 
+def test_the_default_tells_other_tokens_first_occurrences_from_their_copies():
+    # The pairs of equal tokens as above.
+    torch.testing.assert_close(
+        attention_with_table("same_token_and_first", NEXT_COPY),
+        attention_with_table("same_token", NEXT_COPY),
+        atol=1e-6,
+        rtol=0,
+    )
+    # The row after the differences: other tokens' first occurrences only, each distinct value once (the first 5 for
+    # a 7, the first 7 for a 5), however many copies follow.
+    expected = torch.tensor([[0, 1, 0, 0, 0], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 0]])
+    first = attention_with_table("same_token_and_first", OCCURRENCE_DIFFERENCES)
+    torch.testing.assert_close(first, expected.float(), atol=1e-4, rtol=0)
+    # The last row: their later copies (the second 5 for a 7, the second and third 7 for a 5).
+    expected = torch.tensor([[0, 0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0.5, 0.5, 0], [0, 0, 0, 0, 1]])
+    repeats = attention_with_table("same_token_and_first", OCCURRENCE_DIFFERENCES + 1)
+    torch.testing.assert_close(repeats, expected, atol=1e-4, rtol=0)
+
+
 def test_the_first_version_biases_every_pair_by_its_indices():
     # occurrence_bias_pairs="all": any source token whose index is the query's + 1, of its value or another.
     expected = torch.tensor([
@@ -100,12 +120,12 @@ def test_a_folder_saved_before_the_pairs_field_loads_as_the_first_version(tmp_pa
     assert loaded.config.occurrence_bias_pairs == "all"
     inputs = dict(input_ids=SOURCE, decoder_input_ids=DECODER)
     torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
-    assert TinyTransformerConfig(occurrence_bias=True).occurrence_bias_pairs == "same_token"
+    assert TinyTransformerConfig(occurrence_bias=True).occurrence_bias_pairs == "same_token_and_first"
     with pytest.raises(ValueError, match="`occurrence_bias_pairs` must be one of"):
         TinyTransformerConfig(occurrence_bias=True, occurrence_bias_pairs="equal")
 
 
-@pytest.mark.parametrize("pairs", ["same_token", "all"])
+@pytest.mark.parametrize("pairs", OCCURRENCE_BIAS_PAIRS)
 @pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned", "relative"])
 def test_every_decoding_path_gives_the_same_tokens(position_embedding_type, pairs):
     model = occurrence_bias_model(position_embedding_type=position_embedding_type, occurrence_bias_pairs=pairs)

@@ -176,7 +176,7 @@ def test_exported_steps_hand_over_the_models_cache_and_logits(exported):
     feed = {"decoder_input_ids": next_token.numpy(), "attention_mask": attention_mask.numpy()}
     feed |= {name.replace("present", "past_key_values"): value for name, value in zip(names[1:], outputs[1:])}
     feed |= {name: value.numpy() for name, value in occurrences.items()}
-    if config.occurrence_bias and config.occurrence_bias_pairs == "same_token":
+    if config.occurrence_bias and config.occurrence_bias_pairs != "all":
         feed["input_ids"] = input_ids.numpy()  # the bias compares the new token with the source's
     step_outputs = generator.next_step.run(None, feed)
     step_names = [output.name for output in generator.next_step.get_outputs()]

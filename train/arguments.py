@@ -70,8 +70,9 @@ class NewModelArguments:
     occurrence_bias_pairs: str | None = field(
         default=None,
         metadata={
-            "help": "With --occurrence_bias: the pairs of decoder and source token it compares (same_token: equal "
-            "tokens only, the others sharing one bias; all: every pair, the first version).",
+            "help": "With --occurrence_bias: the pairs of decoder and source token it compares (same_token_and_first: "
+            "equal tokens, the others biased by whether the source token is its value's first occurrence; "
+            "same_token: equal tokens, the others sharing one bias; all: every pair, the first version).",
             "choices": list(OCCURRENCE_BIAS_PAIRS),
         },
     )

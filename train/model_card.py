@@ -531,11 +531,13 @@ def training_section(
         )
     if getattr(model.config, "occurrence_bias", False):
         pairs = getattr(model.config, "occurrence_bias_pairs", "all")
-        compared = (
-            "between a decoder token and the source's copies of the same token (every other pair sharing one bias)"
-            if pairs == "same_token"
-            else "between every decoder token and every source token"
-        )
+        compared = {
+            "same_token_and_first": "between a decoder token and the source's copies of the same token (any other "
+            "source token biased by whether it is its value's first occurrence, so that a long run weighs as one "
+            "value)",
+            "same_token": "between a decoder token and the source's copies of the same token (every other pair "
+            "sharing one bias)",
+        }.get(pairs, "between every decoder token and every source token")
         lines.append(
             "- Occurrence bias: encoder-decoder attention adds a learned bias by how many times the source token and "
             f"the decoder's token occurred before in their sequences, {compared}, so that the model counts repeated "
