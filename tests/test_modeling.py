@@ -271,7 +271,9 @@ def test_flex_attention_matches_sdpa_if_available(make_model, batch, position_em
         pytest.skip("flex attention cannot add the relative position bias: see the test of its error below")
     model = make_model()
     input_ids, attention_mask = batch(40, [8, 5])
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :4])
+    # Decoder inputs as long as the source: flex attention compiles a kernel per shape and mask (on an empty compile
+    # cache, 30 s of CPU with 4 decoder tokens, 24 s with 8).
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=input_ids[:, :8])
     try:
         flex = copy_with_attention(model, "flex_attention")
     except (ImportError, ValueError) as error:
