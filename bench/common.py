@@ -16,10 +16,9 @@ from pathlib import Path
 import safetensors
 import torch
 import transformers
-from transformers import BartConfig, BartForConditionalGeneration, Trainer
+from transformers import BartConfig, BartForConditionalGeneration
 
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
-from hf_tiny_transformer_train.trainer import position_bias_parameters
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PAD, BOS, EOS = 0, 1, 2  # the special ids of the project's tokenizer (train/data.py) and of the benchmark models
@@ -82,6 +81,12 @@ def make_optimizer(
     """AdamW as the Trainer builds it (no decay on biases and norms; `fused`: its default `adamw_torch_fused`), and as
     train.py's Trainer does, the relative position-bias and occurrence-bias tables at `bias_table_scale` times the
     learning rate (its --position_bias_learning_rate_scale)."""
+    # Imported here, not with the module: the Trainer's imports (peft, datasets, accelerate) are half a second of every
+    # process that imports bench.common, and the benchmarks' processes that only generate never build an optimizer.
+    from transformers import Trainer
+
+    from hf_tiny_transformer_train.trainer import position_bias_parameters
+
     decay = set(Trainer.get_decay_parameter_names(None, model))
     tables = {id(parameter) for parameter in position_bias_parameters(model)}
     groups = []

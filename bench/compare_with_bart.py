@@ -161,7 +161,7 @@ def training_step_function(model, device: Device, inputs: dict, optimizer: torch
 
 
 def benchmark_training(
-    size: Size, device: Device, peak: float, repeats: int, batch=32, length=64, clock: str = "wall"
+    size: Size, device: Device, peak: float, repeats: int, batch=32, length=64, clock: str = "wall", warmup: int = 1
 ) -> dict:
     models = build_models(size, device)
     source = random_ids(batch, length, size.vocab_size, device, seed=1)
@@ -174,7 +174,7 @@ def benchmark_training(
     for name, model in models.items():
         model.train()
         steps[name] = training_step_function(model, device, inputs, make_optimizer(model))
-    seconds = alternate(steps, repeats, lambda: synchronize(device), clock=clock)
+    seconds = alternate(steps, repeats, lambda: synchronize(device), warmup=warmup, clock=clock)
     flops = training_flops_per_step(size, batch, length, length)
     result = {"size": size.name, "batch": batch, "source_length": length, "target_length": length}
     for name in MODEL_NAMES:
@@ -245,6 +245,7 @@ def benchmark_generation(
     clock: str = "wall",
     cache_implementation: str | None = None,
     compiled: frozenset = frozenset(),
+    warmup: int = 1,
 ) -> list[dict]:
     """tokens/s for each (batch, num_beams) case; tokens = batch x new tokens (beams are not counted)."""
     models = build_models(size, device)
@@ -258,7 +259,7 @@ def benchmark_generation(
             )
             for name, model in models.items()
         }
-        seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
+        seconds = alternate(runs, repeats, lambda: synchronize(device), warmup=warmup, clock=clock)
         result = {"size": size.name, "batch": batch, "num_beams": num_beams, "new_tokens": new_tokens}
         for name in MODEL_NAMES:
             tokens_per_s = batch * new_tokens / statistics.median(seconds[name])
@@ -277,6 +278,7 @@ def benchmark_per_token_time(
     clock: str = "wall",
     cache_implementation: str | None = None,
     compiled: frozenset = frozenset(),
+    warmup: int = 1,
 ) -> dict:
     """Seconds per generated token (greedy, cached) at 32 and 256 new tokens; a cache keeps the ratio near 1."""
     models = build_models(size, device)
@@ -289,7 +291,7 @@ def benchmark_per_token_time(
             name: generate_function(model, source, config_for(name, compiled, new_tokens, 1, cache_implementation))
             for name, model in models.items()
         }
-        seconds = alternate(runs, repeats, lambda: synchronize(device), clock=clock)
+        seconds = alternate(runs, repeats, lambda: synchronize(device), warmup=warmup, clock=clock)
         for name in MODEL_NAMES:
             per_token[name, new_tokens] = statistics.median(seconds[name]) / new_tokens
     for name in MODEL_NAMES:
@@ -425,7 +427,11 @@ def format_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small size only, few repeats")
-    parser.add_argument("--smoke", action="store_true", help="a tiny model, one repeat: checks that the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny model, one repeat, no untimed run first: checks that the script runs",
+    )
     parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
@@ -474,6 +480,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Shapes of the inputs: the benchmark's own, or a few tokens for --smoke.
     training_shape = {"batch": 2, "length": 6} if args.smoke else {}
     generation_shape = {"new_tokens": 4, "length": 6} if args.smoke else {}
+    # Each timed run follows one untimed run of each model (lazy initialisation, allocator growth); --smoke times the
+    # first runs themselves: it checks that every measurement is made, and half of its work was the untimed runs.
+    warmup = 0 if args.smoke else 1
     report = Report(
         "smoke" if args.smoke else "quick" if quick else "full",
         device={"type": device.type, "dtype": str(device.dtype), "attn_implementation": device.attn_implementation},
@@ -493,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
             repeats = 1 if args.smoke else 5 if quick else (9 if size is SMALL else 4)
             peak = report["matmul_peak"]["flops_per_s"]
             report["training"].append(
-                benchmark_training(size, device, peak, repeats, **training_shape, clock=args.clock)
+                benchmark_training(size, device, peak, repeats, **training_shape, clock=args.clock, warmup=warmup)
             )
     if "generation" in sections:
         report["generation"], report["per_token"] = [], []
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
             repeats = 1 if args.smoke else 3 if quick or size is MEDIUM else 11
             report["generation"] += benchmark_generation(
                 size, device, cases, repeats, **generation_shape, clock=args.clock,
-                cache_implementation=args.cache_implementation, compiled=compiled,
+                cache_implementation=args.cache_implementation, compiled=compiled, warmup=warmup,
             )  # fmt: skip
         progress("per-token time at 32 and 256 tokens")
         repeats = 1 if args.smoke else 3 if quick else 9
@@ -516,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
                 clock=args.clock,
                 cache_implementation=args.cache_implementation,
                 compiled=compiled,
+                warmup=warmup,
             )  # fmt: skip
         )
     if "memory" in sections:

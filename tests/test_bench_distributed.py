@@ -1,26 +1,14 @@
-"""bench/distributed_training.py as a user runs it (`python -m bench.distributed_training` from the repository root,
-a command that launches its torchrun workers), on a tiny model with two steps per variant: every figure is reported. It times nothing here (figures on a test machine mean nothing)."""
-
-import json
-import subprocess
-import sys
-from pathlib import Path
+"""bench/distributed_training.py with a user's arguments (its `main` runs in this process, as `python -m
+bench.distributed_training` runs it from the repository root, and launches its torchrun workers as that command does),
+on a tiny model with two steps per variant: every figure is reported. It times nothing here (figures on a test machine
+mean nothing)."""
 
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_distributed_benchmark_reports_every_measurement(tmp_path):
-    output = tmp_path / "distributed.json"
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.distributed_training", "--smoke", "--output", str(output)],
-        cwd=REPOSITORY, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    printed = completed.stdout
-    report = json.loads(output.read_text())
+def test_distributed_benchmark_reports_every_measurement(bench_run):
+    report, printed = bench_run("distributed_training", ["--smoke"])
     assert report["ddp"]["world_size"] == 2
     for variant in ("find_unused_parameters=True", "find_unused_parameters=False"):
         assert report["ddp"][variant]["steps_per_s"] > 0 and report["ddp"][variant]["tokens_per_s"] > 0
