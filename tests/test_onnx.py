@@ -92,6 +92,7 @@ def exports(tmp_path_factory, environment):
 def saved_and_exported(
     name: str, tmp_path_factory, environment
 ) -> tuple[TinyTransformerForConditionalGeneration, Path]:
+    """One of `exports`, exported by the command line or by `export_onnx` (see EXPORTED_BY_THE_COMMAND_LINE)."""
     model = decisive_model(**EXPORTED_MODELS[name])
     model.generation_config.eos_token_id = eos_that_ends_some_rows(model)
     folder = tmp_path_factory.mktemp(f"onnx-{name.replace(', ', '-').replace(' ', '_')}")
