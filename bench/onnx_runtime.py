@@ -3,14 +3,16 @@
 
     python -m bench.onnx_runtime [--threads 1] [--repeats 15] [--output report.json]
     python -m bench.onnx_runtime --model outputs/reverse --task reverse    # + the task's whole test split
+    python -m bench.onnx_runtime --model outputs/reverse --onnx outputs/reverse-onnx   # an export made already
 
-The model is exported once; each row then times greedy decoding of the same random inputs (`--source_length` tokens,
-exactly `--new_tokens` new ones: eos is switched off on both sides) with `model.generate` and with the ONNX Runtime
-generator, the two alternating (bench.common.alternate), and prints tokens/s (new tokens per second, medians) and
-their ratio (ONNX Runtime / generate); the timed runs' tokens are compared too. The model is a trained folder
-(`--model`) or a random one of TinyTransformerConfig's default size. With `--task`, every example of the task's test
-split (train.py's recipe and seed) is decoded both ways with the model's own generation config, batches of
-`--eval_batch_size` grouped by length, and the count of sequences whose tokens differ is printed.
+The model is exported once (with `--onnx`, not at all: its export made already by export_onnx or the command line is
+used); each row then times greedy decoding of the same random inputs (`--source_length` tokens, exactly `--new_tokens`
+new ones: eos is switched off on both sides) with `model.generate` and with the ONNX Runtime generator, the two
+alternating (bench.common.alternate), and prints tokens/s (new tokens per second, medians) and their ratio (ONNX
+Runtime / generate); the timed runs' tokens are compared too. The model is a trained folder (`--model`) or a random
+one of TinyTransformerConfig's default size. With `--task`, every example of the task's test split (train.py's recipe
+and seed) is decoded both ways with the model's own generation config, batches of `--eval_batch_size` grouped by
+length, and the count of sequences whose tokens differ is printed.
 
 torch and ONNX Runtime get the same intra-op threads (`--threads`, default 1, as the other benchmarks; see
 bench/README.md, "Noise").
@@ -31,7 +33,12 @@ from bench.common import FIRST_ORDINARY_ID, Report, alternate, summarize, text_t
 from bench.learning import Recipe, pad_batch, task_splits
 from hf_tiny_transformer import TinyTransformerConfig, TinyTransformerForConditionalGeneration
 from hf_tiny_transformer.configuration_tiny_transformer import POSITION_EMBEDDING_TYPES
-from hf_tiny_transformer.onnx_tiny_transformer import OnnxGreedyGenerator, export_onnx
+from hf_tiny_transformer.onnx_tiny_transformer import (
+    FIRST_STEP_FILE,
+    NEXT_STEP_FILE,
+    OnnxGreedyGenerator,
+    export_onnx,
+)
 
 SMOKE = dict(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, num_attention_heads=2, ffn_dim=32)
 
@@ -125,6 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="of the random model (default: TinyTransformerConfig's)",
     )
     parser.add_argument("--task", help="with --model: also decode this built-in task's whole test split both ways")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        help="with --model: its export made already (by export_onnx or `python -m "
+        "hf_tiny_transformer.onnx_tiny_transformer`) to decode with, instead of exporting the model here",
+    )
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of torch and ONNX Runtime (1)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each (default 15)")
     parser.add_argument("--batch_sizes", default="1,32", help="comma-separated (default 1,32)")
@@ -136,6 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.task and not args.model:
         parser.error("--task needs --model (a model trained on that task)")
+    if args.onnx and not args.model:
+        parser.error("--onnx needs --model (the model it was exported from)")
+    if args.onnx and not all((args.onnx / name).is_file() for name in (FIRST_STEP_FILE, NEXT_STEP_FILE)):
+        parser.error(
+            f"--onnx {args.onnx}: not an export of export_onnx (it lacks {FIRST_STEP_FILE} or {NEXT_STEP_FILE})"
+        )
     if args.model and args.position_embedding_type:
         parser.error("--position_embedding_type is for the random model; --model brings its own")
     if args.threads < 1 or args.repeats < 1:
@@ -158,10 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
         "smoke" if args.smoke else "full",
         model=str(args.model) if args.model else "random, " + ("smoke size" if args.smoke else "default size"),
         position_embedding_type=model.config.position_embedding_type,
+        onnx=str(args.onnx) if args.onnx else "exported here",
     )
-    with tempfile.TemporaryDirectory() as folder:
-        report.progress("export")
-        export_onnx(model, folder)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = args.onnx
+        if folder is None:
+            report.progress("export")
+            export_onnx(model, temporary)
+            folder = temporary
         rows = []
         for batch_size in batch_sizes:
             report.progress(f"batch {batch_size}")

@@ -28,6 +28,18 @@ BAD_FLAGS = [
         "--position_embedding_type is for the random model; --model brings its own",
         marks=NEEDS_ONNX,
     ),
+    pytest.param(
+        "onnx_runtime",
+        ["--onnx", "somewhere"],
+        "--onnx needs --model (the model it was exported from)",
+        marks=NEEDS_ONNX,
+    ),
+    pytest.param(
+        "onnx_runtime",
+        ["--model", "somewhere", "--onnx", "nowhere"],
+        "--onnx nowhere: not an export of export_onnx",
+        marks=NEEDS_ONNX,
+    ),
     pytest.param("onnx_runtime", ["--repeats", "0"], "--threads and --repeats must be >= 1", marks=NEEDS_ONNX),
     ("openmp_wait", ["--rows", "sort,transpose"], "--rows: unknown transpose"),
     ("peft_vs_full", ["--seeds", "1,1"], "--seeds takes distinct whole numbers"),

@@ -4,6 +4,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,16 +74,31 @@ EXPORTED_MODELS["relative, occurrence bias"] = {"position_embedding_type": "rela
 EXPORTED_BY_THE_COMMAND_LINE = "relative, occurrence bias"
 
 
-@pytest.fixture(scope="module", params=list(EXPORTED_MODELS))
-def exported(request, tmp_path_factory, environment):
-    """(model, folder): a decisive model of each of EXPORTED_MODELS, its eos chosen by `eos_that_ends_some_rows`, saved
-    and exported from the saved folder."""
-    model = decisive_model(**EXPORTED_MODELS[request.param])
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, environment):
+    """`exports(name)`: (model, folder) of EXPORTED_MODELS[name], a decisive model with its eos chosen by
+    `eos_that_ends_some_rows`, saved and exported from the saved folder; made once per module (the benchmark's test
+    decodes with one of the exports the other tests check, rather than paying an export of its own)."""
+    made = {}
+
+    def export(name: str) -> tuple[TinyTransformerForConditionalGeneration, Path]:
+        if name not in made:
+            made[name] = saved_and_exported(name, tmp_path_factory, environment)
+        return made[name]
+
+    return export
+
+
+def saved_and_exported(
+    name: str, tmp_path_factory, environment
+) -> tuple[TinyTransformerForConditionalGeneration, Path]:
+    """One of `exports`, exported by the command line or by `export_onnx` (see EXPORTED_BY_THE_COMMAND_LINE)."""
+    model = decisive_model(**EXPORTED_MODELS[name])
     model.generation_config.eos_token_id = eos_that_ends_some_rows(model)
-    folder = tmp_path_factory.mktemp(f"onnx-{request.param.replace(', ', '-').replace(' ', '_')}")
+    folder = tmp_path_factory.mktemp(f"onnx-{name.replace(', ', '-').replace(' ', '_')}")
     model.save_pretrained(folder / "model")
-    expected = [folder / "onnx" / name for name in ("first_step.onnx", "next_step.onnx")]
-    if request.param == EXPORTED_BY_THE_COMMAND_LINE:
+    expected = [folder / "onnx" / file for file in ("first_step.onnx", "next_step.onnx")]
+    if name == EXPORTED_BY_THE_COMMAND_LINE:
         command = [sys.executable, "-m", "hf_tiny_transformer.onnx_tiny_transformer", folder / "model", folder / "onnx"]
         completed = subprocess.run(command, env=environment(folder), capture_output=True, text=True, timeout=600)
         assert completed.returncode == 0, completed.stderr
@@ -91,6 +107,12 @@ def exported(request, tmp_path_factory, environment):
         loaded = TinyTransformerForConditionalGeneration.from_pretrained(folder / "model")
         assert export_onnx(loaded, folder / "onnx") == expected
     return model, folder / "onnx"
+
+
+@pytest.fixture(scope="module", params=list(EXPORTED_MODELS))
+def exported(request, exports):
+    """(model, folder): each of EXPORTED_MODELS, made by `exports`."""
+    return exports(request.param)
 
 
 @pytest.mark.slow
@@ -235,10 +257,13 @@ def test_generator_refuses_a_folder_without_an_export(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_reports_both_batch_sizes(bench, capsys, tmp_path):
-    """`python -m bench.onnx_runtime --smoke` runs and reports each row (it times nothing that matters here)."""
+def test_benchmark_reports_both_batch_sizes(bench, capsys, tmp_path, exports):
+    """`python -m bench.onnx_runtime --smoke` runs and reports each row (it times nothing that matters here), on a
+    model and its export by the command line (`--model`, `--onnx`): the export itself is the other tests' concern."""
+    _, folder = exports(EXPORTED_BY_THE_COMMAND_LINE)
     output = tmp_path / "report.json"
-    report = bench("onnx_runtime").main(["--smoke", "--repeats", "1", "--output", str(output)])
+    flags = ["--smoke", "--model", str(folder.parent / "model"), "--onnx", str(folder), "--repeats", "1"]
+    report = bench("onnx_runtime").main([*flags, "--output", str(output)])
     printed = capsys.readouterr().out
     assert [row["batch_size"] for row in report["rows"]] == [1, 32]
     for row in report["rows"]:
