@@ -101,10 +101,16 @@ def quantized_linears(model) -> list[str]:
 def assert_close_to_float32(logits: torch.Tensor, reference: torch.Tensor) -> None:
     """int8 rounds each weight (and, dynamically, each activation) to 1/127 of its row's largest: on these random
     models the logits move by 1-4% of their mean size (7% at most, measured over the three position schemes and both
-    modes), and the most likely token stays where the lead of the float32 one is larger than that. Greedy decoding
-    of a random model is not compared: one flipped token changes the rest of its sequence."""
-    assert (logits - reference).abs().mean() < 0.1 * reference.abs().mean()
-    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+    modes), and the most likely token stays where the lead of the float32 one over the second is larger than twice
+    that bound. Where the lead is smaller, int8 may flip it, and how often depends on the CPU's int8 kernels (2 of 10
+    positions with leads of 0.006 and 0.055 on an AMD EPYC, none on an Intel Xeon). Greedy decoding of a random model
+    is not compared: one flipped token changes the rest of its sequence."""
+    bound = 0.1 * reference.abs().mean()
+    assert (logits - reference).abs().mean() < bound
+    top_two = reference.topk(2, dim=-1).values
+    clear_lead = top_two[..., 0] - top_two[..., 1] > 2 * bound
+    assert clear_lead.sum() >= 3, "too few positions with a clear most likely token to compare"
+    assert torch.equal(logits.argmax(-1)[clear_lead], reference.argmax(-1)[clear_lead])
 
 
 @pytest.fixture
