@@ -355,6 +355,18 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
         Missing weights are initialised and reported as by every transformers model."""
         return load_checked(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
+    def tie_weights(self, **kwargs) -> None:
+        super().tie_weights(**kwargs)
+        base = self.base_model
+        encoder, decoder = getattr(base, "encoder", None), getattr(base, "decoder", None)
+        if encoder is not None and decoder is not None and decoder.embed_tokens.weight is encoder.embed_tokens.weight:
+            # Tied, both stacks use one embedding module, not two modules holding one parameter: FSDP2 shards a
+            # parameter with the modules of its group, and Accelerate gives the input embedding (and the tied output
+            # projection) a group of their own. The decoder's module, left in the root group, held a second copy:
+            # torch 2.11 trained the two copies apart (the saved embeddings differed and loaded untied), torch 2.13
+            # refuses the model at its first forward. Done after transformers' own tying, which loading relies on.
+            decoder.embed_tokens = encoder.embed_tokens
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Each class registers one Auto class; list all three so the checkpoint loads through any of them.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}

@@ -254,12 +254,19 @@ def test_dropout_only_acts_in_training(make_model, batch):
     assert not torch.equal(model(**kwargs).logits, model(**kwargs).logits)
 
 
-def test_untied_embeddings_are_separate_parameters(make_model):
+def test_tied_stacks_share_one_embedding_module_and_untied_ones_have_separate_parameters(make_model, tmp_path):
     tied = make_model()
     assert tied.lm_head.weight is tied.model.encoder.embed_tokens.weight
-    assert tied.model.decoder.embed_tokens.weight is tied.model.encoder.embed_tokens.weight
+    # One module, not one parameter in two modules: FSDP2 (through Accelerate) shards the input embedding in a group
+    # of its own, and a parameter also held by a module of another group would be trained as two copies.
+    assert tied.model.decoder.embed_tokens is tied.model.encoder.embed_tokens
+    tied.save_pretrained(tmp_path)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert reloaded.model.decoder.embed_tokens is reloaded.model.encoder.embed_tokens
+    assert reloaded.lm_head.weight is reloaded.model.encoder.embed_tokens.weight
     untied = make_model(tie_word_embeddings=False)
     assert untied.lm_head.weight is not untied.model.encoder.embed_tokens.weight
+    assert untied.model.decoder.embed_tokens is not untied.model.encoder.embed_tokens
     parameters = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
     assert parameters == 2 * 40 * 32
 

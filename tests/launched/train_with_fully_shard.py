@@ -6,8 +6,8 @@
 tests/test_distributed.py runs both and compares the saved weights. The Trainer cannot run FSDP on a CPU (with
 `use_cpu` Accelerate picks MULTI_CPU, i.e. DDP; see README.md, "Distributed training and mixed precision"), so this
 does by hand what Accelerate does with train/accelerate/fsdp.yaml: every module whose class the file names in
-`fsdp_transformer_layer_cls_to_wrap` becomes its own shard unit, then the whole model (the shared embedding and
-output projection) the root unit. At the end the full state dict is gathered to rank 0 and saved as one ordinary
+`fsdp_transformer_layer_cls_to_wrap` becomes its own shard unit, the tied embedding and output projection another,
+then the whole model the root unit. At the end the full state dict is gathered to rank 0 and saved as one ordinary
 `model.safetensors` by `save_pretrained`, which `from_pretrained` loads like any other checkpoint.
 """
 
@@ -37,13 +37,21 @@ def wrap_policy() -> tuple[list[str], bool]:
 
 
 def shard(model: torch.nn.Module) -> None:
-    """Apply fsdp.yaml's policy in place: each named layer class a unit (innermost first), then the root."""
+    """Apply fsdp.yaml's policy in place as Accelerate (1.15, 1.16) applies it: each named layer class a unit
+    (innermost first); then the input embedding with the output projection, one unit when they are tied, kept
+    unsharded between forward and backward; then the root."""
     class_names, reshard_after_forward = wrap_policy()
     layers = [module for module in model.modules() if type(module).__name__ in class_names]
     if not layers:
         raise ValueError(f"no module of the classes {class_names} named in {FSDP_CONFIG}")
     for layer in layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward)
+    input_embedding, output_projection = model.get_input_embeddings(), model.get_output_embeddings()
+    if input_embedding.weight is output_projection.weight:
+        fully_shard([input_embedding, output_projection], reshard_after_forward=False)
+    else:
+        fully_shard(input_embedding, reshard_after_forward=reshard_after_forward)
+        fully_shard(output_projection, reshard_after_forward=False)
     fully_shard(model, reshard_after_forward=reshard_after_forward)
 
 
