@@ -222,8 +222,10 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 def test_remote_code_loads_in_a_fresh_process_without_our_package(
     tiny_model_of_each_scheme, batch, tmp_path, same_threads_as_child_processes
 ):
-    # Exact comparison across processes: this side computes with the child's thread count (the fixture), and the
-    # child, started with OMP_NUM_THREADS from the environment, with the same.
+    # This side computes with the child's thread count (the fixture), the child, started with OMP_NUM_THREADS from
+    # the environment, with the same. Even so the last bits of the logits may differ between the two processes (on a
+    # 2-core AMD EPYC with 4 threads forced they did), so the logits agree within float32 rounding; the tokens, which
+    # the copied code must produce as the package does, agree exactly.
     models = {**tiny_model_of_each_scheme, "occurrence_bias": occurrence_bias_model(position_embedding_type="relative")}
     inputs = {}
     for name, model in models.items():
@@ -245,7 +247,7 @@ def test_remote_code_loads_in_a_fresh_process_without_our_package(
         result = torch.load(tmp_path / name / "out.pt")
         assert result["position_embedding_type"] == model.config.position_embedding_type
         assert result["module"].startswith("transformers_modules.")
-        assert torch.equal(result["logits"], model(**inputs[name]).logits), name
+        torch.testing.assert_close(result["logits"], model(**inputs[name]).logits, rtol=1e-5, atol=1e-6, msg=name)
         expected = model.generate(
             inputs[name]["input_ids"], attention_mask=inputs[name]["attention_mask"], max_new_tokens=6, num_beams=2
         )
