@@ -357,15 +357,17 @@ class TinyTransformerPreTrainedModel(PreTrainedModel):
 
     def tie_weights(self, **kwargs) -> None:
         super().tie_weights(**kwargs)
-        base = self.base_model
-        encoder, decoder = getattr(base, "encoder", None), getattr(base, "decoder", None)
-        if encoder is not None and decoder is not None and decoder.embed_tokens.weight is encoder.embed_tokens.weight:
+        base = self.base_model  # the encoder-decoder, or a stack (which has nothing to share)
+        if (
+            isinstance(base, TinyTransformerModel)
+            and base.decoder.embed_tokens.weight is base.get_input_embeddings().weight
+        ):
             # Tied, both stacks use one embedding module, not two modules holding one parameter: FSDP2 shards a
             # parameter with the modules of its group, and Accelerate gives the input embedding (and the tied output
             # projection) a group of their own. The decoder's module, left in the root group, held a second copy:
             # torch 2.11 trained the two copies apart (the saved embeddings differed and loaded untied), torch 2.13
             # refuses the model at its first forward. Done after transformers' own tying, which loading relies on.
-            decoder.embed_tokens = encoder.embed_tokens
+            base.set_input_embeddings(base.get_input_embeddings())
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Each class registers one Auto class; list all three so the checkpoint loads through any of them.

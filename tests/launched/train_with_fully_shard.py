@@ -37,21 +37,16 @@ def wrap_policy() -> tuple[list[str], bool]:
 
 
 def shard(model: torch.nn.Module) -> None:
-    """Apply fsdp.yaml's policy in place as Accelerate (1.15, 1.16) applies it: each named layer class a unit
-    (innermost first); then the input embedding with the output projection, one unit when they are tied, kept
-    unsharded between forward and backward; then the root."""
+    """Apply fsdp.yaml's policy in place as Accelerate (1.15, 1.16) applies it to a model with tied embeddings, as
+    this one is: each named layer class a unit (innermost first); then the input embedding with the output projection,
+    one unit kept unsharded between forward and backward; then the root."""
     class_names, reshard_after_forward = wrap_policy()
     layers = [module for module in model.modules() if type(module).__name__ in class_names]
     if not layers:
         raise ValueError(f"no module of the classes {class_names} named in {FSDP_CONFIG}")
     for layer in layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward)
-    input_embedding, output_projection = model.get_input_embeddings(), model.get_output_embeddings()
-    if input_embedding.weight is output_projection.weight:
-        fully_shard([input_embedding, output_projection], reshard_after_forward=False)
-    else:
-        fully_shard(input_embedding, reshard_after_forward=reshard_after_forward)
-        fully_shard(output_projection, reshard_after_forward=False)
+    fully_shard([model.get_input_embeddings(), model.get_output_embeddings()], reshard_after_forward=False)
     fully_shard(model, reshard_after_forward=reshard_after_forward)
 
 
