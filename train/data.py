@@ -121,9 +121,11 @@ def draw_values(rng: np.random.Generator, length: int, repeated_values_share: fl
     changes = np.sort(rng.integers(0, length, 2))
     repeat_probability = rng.uniform(0, 1, 3)[np.searchsorted(changes, np.arange(length), side="right")]
     repeats = rng.random(length) < repeat_probability
-    for index in np.flatnonzero(repeats[1:]) + 1:
-        values[index] = values[index - 1]
-    return values.tolist()
+    # Each element that repeats takes the value of the last one before it that does not (the first never repeats):
+    # the index of that element is a running maximum over the indices of those that do not.
+    repeats[0] = False
+    kept_from = np.maximum.accumulate(np.where(repeats, 0, np.arange(length)))
+    return values[kept_from].tolist()
 
 
 def make_example(
@@ -141,8 +143,16 @@ def make_example(
         source = sum_columns(*operands)
         return {"source": source, "target": task_target(task, source)}
     values = draw_values(rng, int(rng.integers(min_length, max_length + 1)), repeated_values_share)
-    source = " ".join(map(str, values))
-    return {"source": source, "target": task_target(task, source)}
+    return {"source": " ".join(map(str, values)), "target": " ".join(map(str, sequence_answer(task, values)))}
+
+
+def sequence_answer(task: str, values: list[int]) -> list[int]:
+    """The answer of a sequence task (copy, reverse, sort) to `values`."""
+    if task == "reverse":
+        return values[::-1]
+    if task == "sort":
+        return sorted(values)
+    return values
 
 
 def task_target(task: str, source: str) -> str:
@@ -158,12 +168,7 @@ def task_target(task: str, source: str) -> str:
         return sum_digits(*column_operands(source), width=len(words))
     if not all(word.isascii() and word.isdigit() for word in words):
         raise ValueError(f"a {task} source holds integers separated by spaces; got {source!r}")
-    values = [int(word) for word in words]
-    if task == "reverse":
-        values = values[::-1]
-    elif task == "sort":
-        values = sorted(values)
-    return " ".join(map(str, values))
+    return " ".join(map(str, sequence_answer(task, [int(word) for word in words])))
 
 
 def draw_split(
