@@ -174,7 +174,7 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
         "evaluation every 250 steps instead of 100": ["--eval_steps", "250", "--save_steps", "250"],
         "no draws with repeats: uniform training sequences only": ["--repeated_values_share", "0"],
         "no typed-input tests (6 families x 200, at 1-50 and 51-100)": ["--typed_inputs_size", "0"],
-        "evaluations during training generated instead of teacher-forced": [
+        "evaluations and typed-input families generated instead of teacher-forced": [
             "--metric_for_best_model", "eval_token_accuracy",  # a metric of generated tokens: evaluation.py generates
         ],
         "position-bias tables at the learning rate (scale 1 instead of 10)": [

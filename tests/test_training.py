@@ -14,10 +14,12 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_tiny_transformer_train import arguments, train
 from hf_tiny_transformer_train.data import TASKS, generate_examples
+from hf_tiny_transformer_train.metrics import sequence_metrics
+from hf_tiny_transformer_train.typed_inputs import build_typed_inputs
 from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,16 +278,29 @@ def test_training_stops_at_the_first_evaluation_that_reaches_the_target(trained)
     assert f"Stopped at step {state['global_step']}, the first evaluation whose validation exact match" in card
 
 
-def test_evaluations_during_training_score_teacher_forced_and_agree_with_the_generated_evaluation_after_it(trained):
+def test_evaluations_and_typed_families_score_teacher_forced_and_agree_with_generate_on_the_saved_model(trained):
     history = log_history(trained)
     during = [entry for entry in history if "eval_exact_match" in entry]
-    # Exact match from a teacher-forced forward (evaluation.py): no generated-token metrics during training.
-    assert during and all("eval_token_accuracy" not in entry for entry in during)
-    # The evaluation after training generates, on the same weights as training's last evaluation (it stopped there):
-    # greedy decoding gets right exactly the examples the teacher-forced forward did.
     after = json.loads((trained / "eval_results.json").read_text())
-    assert "eval_token_accuracy" in after
+    # Exact match from a teacher-forced forward (evaluation.py), during training and after it: no generated-token
+    # metrics. The evaluation after training ran on training's last weights (it stopped at that evaluation).
+    assert during and all("eval_token_accuracy" not in entry for entry in [*during, after])
     assert after["eval_exact_match"] == during[-1]["eval_exact_match"]
+    # The test split generates; the typed-input families are scored teacher-forced too, and greedy decoding by
+    # `generate` on the saved folder gets right exactly the share of each family the run reported.
+    results = json.loads((trained / "test_results.json").read_text())
+    assert "test_token_accuracy" in results
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained).eval()
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    families = build_typed_inputs("copy", seed=42, num_examples=20, min_length=1, max_length=4)
+    assert len(families) >= 4
+    for family, split in families.items():
+        inputs = tokenizer(list(split["source"]), return_tensors="pt", padding=True)
+        labels = tokenizer(text_target=list(split["target"]))["input_ids"]
+        with torch.no_grad():
+            generated = model.generate(**inputs, do_sample=False, num_beams=1)
+        greedy = sequence_metrics(generated.tolist(), labels, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        assert results[f"test_family_{family}_exact_match"] == greedy["exact_match"], family
 
 
 @pytest.mark.slow

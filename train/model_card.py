@@ -432,7 +432,9 @@ def typed_inputs_section(metrics: dict[str, float], data_args: DataArguments, lo
     return f"""## Inputs a person types
 
 The uniform test split almost never holds a run or only a few distinct values. Exact match on held-out inputs of each
-kind a person tries first (none of them occurs in training; `typed_inputs.py` of the project):
+kind a person tries first (none of them occurs in training; `typed_inputs.py` of the project), greedy decoding's,
+scored on one forward fed the target's prefix (greedy decoding gets an answer right exactly when the most likely token
+is the target's at every position; `evaluation.py` of the project):
 
 {header}
 | --- |{" --- |" * len(ranges)}

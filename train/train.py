@@ -280,10 +280,14 @@ def typed_input_splits(
 
 
 def typed_input_metrics(trainer: Seq2SeqTrainer, tokenized: datasets.DatasetDict, prefix: str, **generation) -> dict:
-    """Exact match and size of every typed-input family split whose name starts with `prefix`."""
+    """Exact match and size of every typed-input family split whose name starts with `prefix`: greedy decoding's,
+    scored on a teacher-forced forward where the trainer can (evaluation.py), generated otherwise."""
     metrics = {}
     for name in (name for name in tokenized if name.startswith(prefix)):
-        prediction = trainer.predict(tokenized[name], metric_key_prefix=name, **generation)
+        if isinstance(trainer, TeacherForcedEvaluationTrainer):
+            prediction = trainer.predict_teacher_forced(tokenized[name], metric_key_prefix=name)
+        else:
+            prediction = trainer.predict(tokenized[name], metric_key_prefix=name, **generation)
         metrics[f"{name}_exact_match"] = prediction.metrics[f"{name}_exact_match"]
         metrics[f"{name}_samples"] = len(tokenized[name])
     return metrics
