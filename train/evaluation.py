@@ -40,7 +40,7 @@ def evaluates_teacher_forced(training_args: Seq2SeqTrainingArguments, on_text: b
 
 class TeacherForcedEvaluationTrainer(TinyTransformerTrainer):
     """A `TinyTransformerTrainer` whose evaluations (`evaluate()`, inside `train()` and after it) and
-    `predict_teacher_forced()` score loss and exact match on a teacher-forced forward (`teacher_forced_exact_match`);
+    `predict_exact_match()` score loss and exact match on a teacher-forced forward (`teacher_forced_exact_match`);
     `predict()` generates, as `Seq2SeqTrainer` does with `predict_with_generate`, and scores with
     `compute_generation_metrics`."""
 
@@ -66,11 +66,12 @@ class TeacherForcedEvaluationTrainer(TinyTransformerTrainer):
         with self.scoring_teacher_forced():
             return super().evaluate(*args, **kwargs)
 
-    def predict_teacher_forced(self, test_dataset, metric_key_prefix: str = "test"):
+    def predict_exact_match(self, test_dataset, metric_key_prefix: str, **gen_kwargs):
         """`predict()`'s output, its exact match scored on a teacher-forced forward: greedy decoding's exact match
-        without a decoding loop. Its predictions are the most likely token at each label position."""
+        without a decoding loop (the labels bound the forward, so `gen_kwargs` such as a longer split's max_length
+        have nothing to do). Its predictions are the most likely token at each label position."""
         with self.scoring_teacher_forced():
-            return super().predict(test_dataset, metric_key_prefix=metric_key_prefix)
+            return self.predict(test_dataset, metric_key_prefix=metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.teacher_forced:

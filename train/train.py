@@ -279,21 +279,23 @@ def typed_input_splits(
     return splits
 
 
-def typed_input_metrics(trainer: Seq2SeqTrainer, tokenized: datasets.DatasetDict, prefix: str, **generation) -> dict:
+def typed_input_metrics(
+    trainer: TinyTransformerTrainer, tokenized: datasets.DatasetDict, prefix: str, **generation
+) -> dict:
     """Exact match and size of every typed-input family split whose name starts with `prefix`: greedy decoding's,
-    scored on a teacher-forced forward where the trainer can (evaluation.py), generated otherwise."""
+    scored on a teacher-forced forward where the trainer can (evaluation.py), generated otherwise
+    (`TinyTransformerTrainer.predict_exact_match`)."""
     metrics = {}
     for name in (name for name in tokenized if name.startswith(prefix)):
-        if isinstance(trainer, TeacherForcedEvaluationTrainer):
-            prediction = trainer.predict_teacher_forced(tokenized[name], metric_key_prefix=name)
-        else:
-            prediction = trainer.predict(tokenized[name], metric_key_prefix=name, **generation)
+        prediction = trainer.predict_exact_match(tokenized[name], metric_key_prefix=name, **generation)
         metrics[f"{name}_exact_match"] = prediction.metrics[f"{name}_exact_match"]
         metrics[f"{name}_samples"] = len(tokenized[name])
     return metrics
 
 
-def run_split(trainer: Seq2SeqTrainer, split: str, tokenized: datasets.DatasetDict, **generation) -> dict[str, float]:
+def run_split(
+    trainer: TinyTransformerTrainer, split: str, tokenized: datasets.DatasetDict, **generation
+) -> dict[str, float]:
     """Evaluate ("eval") or test (any other name) on `tokenized[split]` (`tokenized["validation"]` for "eval"), and on the
     typed-input families of that test; log and save the metrics under `split`."""
     if split == "eval":
