@@ -155,6 +155,7 @@ def ablation_variants(task: str) -> dict[str, list[str]]:
                 "--encoder_layers", "2", "--decoder_layers", "2",
             ],
             "1,000 steps instead of 1,500": ["--max_steps", "1000"],
+            "batches of all lengths after the curriculum (not grouped by length)": ["--length_grouping_batches", "1"],
             "before: learned positions, four heads, uniform draws, 1,200 steps": [
                 "--position_embedding_type", "learned", "--num_attention_heads", "4", "--repeated_values_share", "0",
                 "--max_steps", "1200",
@@ -286,10 +287,11 @@ def train_side_by_side(models: dict, recipe: Recipe, splits, seed: int, budget_s
     interval. Returns, per model, the curve and the training time and steps at the target."""
     train_split = splits["train"]
     inputs, labels = train_split["input_ids"], train_split["labels"]
-    # train.py's order of batches: its length curriculum for the first steps, then uniform draws from all lengths.
+    # train.py's order of batches: its length curriculum for the first steps, then uniform draws from all lengths,
+    # grouped by length where the recipe groups them.
     curriculum_steps = data.curriculum_step_count(recipe.length_curriculum_steps or 0, recipe.max_steps)
     order = data.length_curriculum(list(map(len, inputs)), recipe.per_device_train_batch_size, recipe.max_steps,
-                                   curriculum_steps, seed)  # fmt: skip
+                                   curriculum_steps, seed, grouping_batches=recipe.length_grouping_batches or 1)  # fmt: skip
     batch_size = recipe.per_device_train_batch_size
 
     def batch_at(step: int) -> dict:

@@ -245,6 +245,28 @@ def test_length_curriculum_caps_three_quarters_of_each_early_batch_and_then_draw
     assert order == data.length_curriculum(lengths, batch_size=32, num_steps=200, curriculum_steps=100, seed=0)
 
 
+def test_grouping_by_length_keeps_each_windows_examples_and_gives_each_batch_about_one_length():
+    lengths = [1 + index % 50 for index in range(5000)]
+    kwargs = dict(batch_size=32, num_steps=200, curriculum_steps=40, seed=0)
+    ungrouped = data.length_curriculum(lengths, **kwargs)
+    grouped = data.length_curriculum(lengths, **kwargs, grouping_batches=16)
+    assert grouped[: 40 * 32] == ungrouped[: 40 * 32]  # the curriculum's batches are left as they were
+    window = 16 * 32
+    for start in range(40 * 32, len(ungrouped), window):
+        # The same examples within each window of 16 batches (160 steps: ten windows), only regrouped.
+        assert sorted(grouped[start : start + window]) == sorted(ungrouped[start : start + window])
+    batches = [[lengths[index] for index in grouped[step * 32 : (step + 1) * 32]] for step in range(40, 200)]
+    padded = sum(32 * max(batch) for batch in batches)
+    tokens = sum(sum(batch) for batch in batches)
+    assert padded < 1.15 * tokens  # each batch of about one length: little padding
+    ungrouped_batches = [[lengths[i] for i in ungrouped[step * 32 : (step + 1) * 32]] for step in range(40, 200)]
+    assert sum(32 * max(batch) for batch in ungrouped_batches) > 1.7 * tokens  # random lengths pad to about 50
+    # Batches are read in a random order, not from the shortest up within each window.
+    firsts = [max(batches[index]) for index in range(0, 16)]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    assert grouped == data.length_curriculum(lengths, **kwargs, grouping_batches=16)  # the seed decides
+
+
 def test_curriculum_steps_below_one_are_a_share_of_the_run_and_counts_otherwise():
     assert data.curriculum_step_count(0.1, 3000) == 300
     assert data.curriculum_step_count(250, 3000) == 250

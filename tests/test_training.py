@@ -10,16 +10,18 @@ from fnmatch import fnmatch
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-from hf_tiny_transformer_train import arguments, train
+from hf_tiny_transformer_train import arguments, data, train
 from hf_tiny_transformer_train.data import TASKS, generate_examples
 from hf_tiny_transformer_train.metrics import sequence_metrics
 from hf_tiny_transformer_train.typed_inputs import build_typed_inputs
+from tests.conftest import seeded_model, tiny_config
 from tests.train_flags import corpus_flags, new_model_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,13 +99,47 @@ def test_defaults_that_other_flags_rule_out_are_dropped_instead_of_failing():
     # batch order. Given explicitly, the same combinations are errors (above).
     _, data_args, _ = train.parse_arguments(["--eval_strategy", "no"])
     assert data_args.target_exact_match is None
-    _, data_args, _ = train.parse_arguments(["--max_steps", "-1", "--num_train_epochs", "1"])
-    assert data_args.length_curriculum_steps == 0
-    _, data_args, training_args = train.parse_arguments(["--train_sampling_strategy", "group_by_length"])
-    assert data_args.length_curriculum_steps == 0 and training_args.train_sampling_strategy == "group_by_length"
+    _, data_args, _ = train.parse_arguments(["--task", "sort", "--max_steps", "-1", "--num_train_epochs", "1"])
+    assert data_args.length_curriculum_steps == 0 and data_args.length_grouping_batches == 1
+    _, data_args, training_args = train.parse_arguments(
+        ["--task", "sort", "--train_sampling_strategy", "group_by_length"]
+    )
+    assert data_args.length_curriculum_steps == 0 and data_args.length_grouping_batches == 1
+    assert training_args.train_sampling_strategy == "group_by_length"
+    _, data_args, _ = train.parse_arguments(["--task", "sort"])
+    assert data_args.length_grouping_batches == recipe("sort")["length_grouping_batches"] > 1
     _, data_args, _ = train.parse_arguments([])
     assert data_args.length_curriculum_steps == recipe("reverse")["length_curriculum_steps"]
     assert data_args.target_exact_match == recipe("reverse")["target_exact_match"]
+
+
+def test_the_trainer_reads_the_curriculum_then_batches_grouped_by_length(tmp_path):
+    # train.py's order of batches, read by the Trainer as train.py builds it: after the curriculum's 4 steps, every
+    # batch pads to about its own length (the collator pads to the batch's longest source).
+    _, data_args, training_args = train.parse_arguments(
+        ["--task", "sort", "--max_steps", "36", "--length_curriculum_steps", "4", "--length_grouping_batches", "16",
+         "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path), "--report_to", "none"]
+    )  # fmt: skip
+    lengths = [1 + index % 30 for index in range(600)]
+    examples = datasets.Dataset.from_dict(
+        {"input_ids": [[5] * length for length in lengths], "labels": [[6] * length for length in lengths]}
+    )
+    ordered, curriculum_steps = train.order_by_length_curriculum(examples, data_args, training_args)
+    assert curriculum_steps == 4 and training_args.train_sampling_strategy == "sequential"
+    tokenizer = data.build_tokenizer()
+    trainer = Seq2SeqTrainer(
+        model=seeded_model(tiny_config()),
+        args=training_args,
+        train_dataset=ordered,
+        eval_dataset=ordered,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+    )
+    read = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
+    assert len(read) == 36 and all(len(mask) == 8 for mask in read)
+    expected = [len(ids) for ids in ordered["input_ids"]]
+    assert [length for mask in read for length in mask.sum(-1).tolist()] == expected  # in train.py's order
+    padded = sum(mask.numel() for mask in read[4:])
+    assert padded < 1.2 * sum(expected[4 * 8 :])  # after the curriculum: about one length a batch
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -208,6 +244,22 @@ def test_every_recipe_file_is_read_and_checked():
         (
             ["--length_curriculum_steps", "0.1", "--train_sampling_strategy", "group_by_length"],
             "--length_curriculum_steps fixes the order of the batches",
+        ),
+        (["--length_grouping_batches", "0"], "--length_grouping_batches must be at least 1"),
+        (
+            ["--task", "sort", "--length_grouping_batches", "8", "--max_steps", "-1", "--num_train_epochs", "1"],
+            "--length_grouping_batches needs --max_steps",
+        ),
+        (
+            [
+                "--length_curriculum_steps",
+                "0",
+                "--length_grouping_batches",
+                "8",
+                "--train_sampling_strategy",
+                "sequential",
+            ],
+            "--length_grouping_batches fixes the order of the batches",
         ),
     ],
 )
@@ -343,7 +395,7 @@ try:
     raise SystemExit("hf_tiny_transformer is importable")
 except ImportError:
     pass
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
 model = AutoModelForSeq2SeqLM.from_pretrained({folder!r}, trust_remote_code=True)

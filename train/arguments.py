@@ -213,6 +213,14 @@ class SyntheticDataArguments:
             "lengths; 0: every batch uniformly drawn from all lengths."
         },
     )
+    length_grouping_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "After the curriculum, every this many consecutive batches are pooled, sorted by source length and "
+            "cut into batches again, read in a random order, so that each batch pads to about its own length; 1: "
+            "none. Needs --max_steps (as the curriculum, it orders that many batches)."
+        },
+    )
 
 
 @dataclass
@@ -480,13 +488,16 @@ def evaluates_generations(training_args: Seq2SeqTrainingArguments) -> bool:
 def drop_recipe_values_that_cannot_apply(
     data_args: DataArguments, training_args: Seq2SeqTrainingArguments, flags: dict
 ) -> None:
-    """A recipe's stop at the validation target needs evaluations, and its curriculum a step count and its own batch
-    order: where the user's flags remove those, the recipe's values give way (the same values given as flags are
-    errors)."""
+    """A recipe's stop at the validation target needs evaluations, and its curriculum and length grouping a step count
+    and their own batch order: where the user's flags remove those, the recipe's values give way (the same values
+    given as flags are errors)."""
     if "target_exact_match" not in flags and not evaluates_generations(training_args):
         data_args.target_exact_match = None
-    if "length_curriculum_steps" not in flags and (training_args.max_steps < 1 or "train_sampling_strategy" in flags):
+    order_set_elsewhere = training_args.max_steps < 1 or "train_sampling_strategy" in flags
+    if "length_curriculum_steps" not in flags and order_set_elsewhere:
         data_args.length_curriculum_steps = 0
+    if "length_grouping_batches" not in flags and order_set_elsewhere:
+        data_args.length_grouping_batches = 1
 
 
 def check_arguments(
@@ -550,12 +561,19 @@ def check_synthetic_data_arguments(
         raise ValueError(f"--length_curriculum_steps must be at least 0; got {data_args.length_curriculum_steps}")
     if data_args.length_curriculum_steps and training_args.max_steps < 1:
         raise ValueError("--length_curriculum_steps needs --max_steps (the curriculum orders that many batches)")
-    sampling = training_args.train_sampling_strategy
-    if data_args.length_curriculum_steps and sampling != "random":
+    if data_args.length_grouping_batches < 1:
         raise ValueError(
-            f"--length_curriculum_steps fixes the order of the batches; it cannot be combined with "
-            f"--train_sampling_strategy {sampling} (pass --length_curriculum_steps 0 to use that sampler)"
+            f"--length_grouping_batches must be at least 1 (1: none); got {data_args.length_grouping_batches}"
         )
+    if data_args.length_grouping_batches > 1 and training_args.max_steps < 1:
+        raise ValueError("--length_grouping_batches needs --max_steps (the grouping orders that many batches)")
+    sampling = training_args.train_sampling_strategy
+    for name, off in (("length_curriculum_steps", 0), ("length_grouping_batches", 1)):
+        if getattr(data_args, name) != off and sampling != "random":
+            raise ValueError(
+                f"--{name} fixes the order of the batches; it cannot be combined with --train_sampling_strategy "
+                f"{sampling} (pass --{name} {off} to use that sampler)"
+            )
     if data_args.longer_test_size < 0:
         raise ValueError(f"--longer_test_size must be at least 0 (0: no longer test); got {data_args.longer_test_size}")
     share = data_args.repeated_values_share

@@ -355,7 +355,13 @@ def input_lengths(dataset: Dataset) -> list[int]:
 
 
 def length_curriculum(
-    lengths: list[int], batch_size: int, num_steps: int, curriculum_steps: int, seed: int, mix: float = 0.25
+    lengths: list[int],
+    batch_size: int,
+    num_steps: int,
+    curriculum_steps: int,
+    seed: int,
+    mix: float = 0.25,
+    grouping_batches: int = 1,
 ) -> list[int]:
     """The order in which to read `num_steps` batches of training examples (indices into `lengths`, which holds each
     example's source length): a length curriculum mixed with all lengths, then uniform draws.
@@ -363,7 +369,8 @@ def length_curriculum(
     During the first `curriculum_steps` steps, a share 1 - `mix` of each batch is drawn among the examples no longer
     than a cap that grows linearly from the shortest length to the longest, and the rest among all examples; the
     model first learns the task where it is cheap and easy (short sequences) without forgetting what long ones look
-    like. Draws are with replacement (the synthetic corpus has far more examples than a run reads).
+    like. Draws are with replacement (the synthetic corpus has far more examples than a run reads). After the
+    curriculum, every `grouping_batches` consecutive batches are grouped by length (`group_by_length`; 1: none).
     """
     rng = np.random.default_rng(seed)
     lengths = np.asarray(lengths)
@@ -380,4 +387,30 @@ def length_curriculum(
             order += rng.integers(0, len(lengths), batch_size - capped).tolist()
         else:
             order += rng.integers(0, len(lengths), batch_size).tolist()
+    if grouping_batches > 1:
+        curriculum = min(curriculum_steps, num_steps) * batch_size
+        order[curriculum:] = group_by_length(order[curriculum:], lengths, batch_size, grouping_batches, rng)
     return order
+
+
+def group_by_length(
+    order: list[int], lengths: np.ndarray, batch_size: int, grouping_batches: int, rng: np.random.Generator
+) -> list[int]:
+    """`order`, whole batches of `batch_size` examples, with every `grouping_batches` consecutive batches pooled,
+    sorted by length and cut into batches again, which are then read in a random order.
+
+    The same examples are read in the same stretch of training, but each batch holds sources of about one length, so
+    the collator pads it to that length rather than to the longest of the corpus: with uniform lengths of 1-50,
+    random batches of 64 pad to about 50 tokens and average half that. Sort's 1,500 steps trained in 194 s instead
+    of 362 s (2-core AMD EPYC, bf16) with the same exact match on every family (bench/README.md, "Batches grouped by
+    length"). Unlike `Trainer`'s `group_by_length` sampler, the longest batch is not moved first.
+    """
+    grouped = []
+    window = grouping_batches * batch_size
+    for start in range(0, len(order), window):
+        pooled = np.asarray(order[start : start + window])
+        pooled = pooled[np.argsort(lengths[pooled], kind="stable")]
+        batches = [pooled[first : first + batch_size] for first in range(0, len(pooled), batch_size)]
+        for index in rng.permutation(len(batches)):
+            grouped += batches[index].tolist()
+    return grouped

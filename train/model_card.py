@@ -552,6 +552,13 @@ def training_section(
             "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
             "quarter among all."
         )
+    if run.user_data is None and (data_args.length_grouping_batches or 1) > 1:
+        lines.append(
+            f"- Batches grouped by length: after the curriculum, every {data_args.length_grouping_batches} batches "
+            "drawn are pooled, sorted by source length and cut into batches again, read in a random order, so that "
+            "a batch pads to about its own length rather than to the longest (the same examples, about half the "
+            "work a step on lengths 1-50)."
+        )
     return f"""## Training
 
 ```bash

@@ -252,13 +252,19 @@ def longer_test_max_length(task: str, max_length: int, max_positions: int | None
 def order_by_length_curriculum(
     train_dataset: datasets.Dataset, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
 ) -> tuple[datasets.Dataset, int]:
-    """The training examples in the curriculum's order, and its step count; the Trainer then reads them in order."""
+    """The training examples in the curriculum's order, batches grouped by length after it where the recipe asks
+    (data.group_by_length), and the curriculum's step count; the Trainer then reads them in order."""
     curriculum_steps = curriculum_step_count(data_args.length_curriculum_steps, training_args.max_steps)
     global_batch = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
     order = length_curriculum(
-        input_lengths(train_dataset), global_batch, training_args.max_steps, curriculum_steps, training_args.seed
+        input_lengths(train_dataset),
+        global_batch,
+        training_args.max_steps,
+        curriculum_steps,
+        training_args.seed,
+        grouping_batches=data_args.length_grouping_batches,
     )
     training_args.train_sampling_strategy = "sequential"
     return train_dataset.select(order), curriculum_steps
@@ -409,7 +415,8 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
 
     train_dataset = tokenized["train"] if training_args.do_train else None
     curriculum_steps = 0
-    if train_dataset is not None and user_data is None and data_args.length_curriculum_steps:
+    orders_batches = data_args.length_curriculum_steps or data_args.length_grouping_batches > 1
+    if train_dataset is not None and user_data is None and orders_batches:
         train_dataset, curriculum_steps = order_by_length_curriculum(train_dataset, data_args, training_args)
     callbacks = []
     if data_args.early_stopping_patience:
