@@ -312,7 +312,8 @@ def test_result_folder_is_ready_to_share(trained):
                  "separated by spaces", "| longer inputs, 5-8 (held out) |",
                  "It was trained on 1-4 integers per sequence. On 200 held-out inputs of 5-8 integers per sequence, "
                  "never seen in training, it reaches",
-                 "- The relative position-bias tables learn at 10 times that rate: Adam moves each weight by about"):  # fmt: skip
+                 "- The relative position-bias tables learn at 10 times that rate: Adam moves each weight by about",
+                 "- Batches grouped by length: after the curriculum, every 16 batches drawn are pooled"):  # fmt: skip
         assert text in card.text
 
 
