@@ -279,7 +279,11 @@ def test_short_run_learns(trained):
     history = log_history(trained)
     losses = [entry["loss"] for entry in history if "loss" in entry]
     exact = [entry["eval_exact_match"] for entry in history if "eval_exact_match" in entry]
-    assert losses[-1] < 0.3 * losses[0]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    # The run stops at its first evaluation at the target (step 100 of 500 here), when the losses have fallen to about
+    # 0.3 of where they started (training 4.5 -> 1.3-1.4 over the last ten steps, with or without batches grouped by
+    # length; validation 4.7 -> 1.1-1.3).
+    assert losses[-1] < 0.4 * losses[0] and eval_losses[-1] < 0.4 * eval_losses[0]
     assert exact[0] < 0.05  # eval_on_start: the untrained model
     assert exact[-1] > 0.9
     test = json.loads((trained / "test_results.json").read_text())

@@ -249,6 +249,12 @@ def longer_test_max_length(task: str, max_length: int, max_positions: int | None
     return longest if longest > max_length else None
 
 
+def orders_batches(data_args: DataArguments) -> bool:
+    """Whether a built-in task's run reads its batches in an order of its own: a length curriculum, or batches
+    grouped by length."""
+    return bool(data_args.length_curriculum_steps) or data_args.length_grouping_batches > 1
+
+
 def order_by_length_curriculum(
     train_dataset: datasets.Dataset, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
 ) -> tuple[datasets.Dataset, int]:
@@ -415,8 +421,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
 
     train_dataset = tokenized["train"] if training_args.do_train else None
     curriculum_steps = 0
-    orders_batches = data_args.length_curriculum_steps or data_args.length_grouping_batches > 1
-    if train_dataset is not None and user_data is None and orders_batches:
+    if train_dataset is not None and user_data is None and orders_batches(data_args):
         train_dataset, curriculum_steps = order_by_length_curriculum(train_dataset, data_args, training_args)
     callbacks = []
     if data_args.early_stopping_patience:
