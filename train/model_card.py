@@ -556,8 +556,8 @@ def training_section(
         lines.append(
             f"- Batches grouped by length: after the curriculum, every {data_args.length_grouping_batches} batches "
             "drawn are pooled, sorted by source length and cut into batches again, read in a random order, so that "
-            "a batch pads to about its own length rather than to the longest (the same examples, about half the "
-            "work a step on lengths 1-50)."
+            "a batch pads to about its own length rather than to the longest drawn (the same examples in the same "
+            "stretch of training, at less cost a step)."
         )
     return f"""## Training
 
