@@ -124,7 +124,7 @@ def test_the_trainer_reads_the_curriculum_then_batches_grouped_by_length(tmp_pat
     examples = datasets.Dataset.from_dict(
         {"input_ids": [[5] * length for length in lengths], "labels": [[6] * length for length in lengths]}
     )
-    ordered, curriculum_steps = train.order_by_length_curriculum(examples, data_args, training_args)
+    ordered, curriculum_steps = train.order_training_batches(examples, data_args, training_args)
     assert curriculum_steps == 4 and training_args.train_sampling_strategy == "sequential"
     tokenizer = data.build_tokenizer()
     trainer = Seq2SeqTrainer(
@@ -400,7 +400,7 @@ try:
     raise SystemExit("hf_tiny_transformer is importable")
 except ImportError:
     pass
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
 model = AutoModelForSeq2SeqLM.from_pretrained({folder!r}, trust_remote_code=True)

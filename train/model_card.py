@@ -320,6 +320,7 @@ class RunRecord:
     user_data: UserData | None  # None: a built-in task's synthetic corpus
     longer_max_length: int | None  # the longer test's longest sources (None: no longer test)
     curriculum_steps: int  # the steps of the length curriculum (0: none)
+    grouping_batches: int  # the batches pooled and grouped by length after the curriculum (1: none)
     hub_repo_id: str | None  # where the folder is pushed, if it is
     wall_time: float  # seconds, the whole command
 
@@ -552,9 +553,9 @@ def training_section(
             "drawn among the sequences no longer than a cap that grows from the shortest length to the longest, a "
             "quarter among all."
         )
-    if run.user_data is None and (data_args.length_grouping_batches or 1) > 1:
+    if run.grouping_batches > 1:
         lines.append(
-            f"- Batches grouped by length: after the curriculum, every {data_args.length_grouping_batches} batches "
+            f"- Batches grouped by length: after the curriculum, every {run.grouping_batches} batches "
             "drawn are pooled, sorted by source length and cut into batches again, read in a random order, so that "
             "a batch pads to about its own length rather than to the longest drawn (the same examples in the same "
             "stretch of training, at less cost a step)."

@@ -255,7 +255,7 @@ def orders_batches(data_args: DataArguments) -> bool:
     return bool(data_args.length_curriculum_steps) or data_args.length_grouping_batches > 1
 
 
-def order_by_length_curriculum(
+def order_training_batches(
     train_dataset: datasets.Dataset, data_args: DataArguments, training_args: Seq2SeqTrainingArguments
 ) -> tuple[datasets.Dataset, int]:
     """The training examples in the curriculum's order, batches grouped by length after it where the recipe asks
@@ -420,9 +420,10 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
     model.generation_config.max_length = longest_target + 1  # + the decoder start token
 
     train_dataset = tokenized["train"] if training_args.do_train else None
-    curriculum_steps = 0
+    curriculum_steps, grouping_batches = 0, 1
     if train_dataset is not None and user_data is None and orders_batches(data_args):
-        train_dataset, curriculum_steps = order_by_length_curriculum(train_dataset, data_args, training_args)
+        train_dataset, curriculum_steps = order_training_batches(train_dataset, data_args, training_args)
+        grouping_batches = data_args.length_grouping_batches
     callbacks = []
     if data_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(data_args.early_stopping_patience))
@@ -490,6 +491,7 @@ def main(argv: list[str] | None = None) -> Seq2SeqTrainer:
                 user_data=user_data,
                 longer_max_length=longer_max_length,
                 curriculum_steps=curriculum_steps,
+                grouping_batches=grouping_batches,
                 hub_repo_id=hub_repo_id,
                 wall_time=time.perf_counter() - start_time,
             )

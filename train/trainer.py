@@ -29,7 +29,8 @@ def position_bias_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 class TinyTransformerTrainer(Seq2SeqTrainer):
     """A `Seq2SeqTrainer` whose optimizer gives the relative position-bias tables `args.position_bias_learning_rate_scale`
-    times the learning rate (arguments.TrainingArguments); the scheduler scales that rate as it scales the others."""
+    times the learning rate (arguments.TrainingArguments); the scheduler scales that rate as it scales the others.
+    `predict_exact_match` scores a split that reports exact match alone (evaluation.py's trainer overrides it)."""
 
     def predict_exact_match(self, test_dataset, metric_key_prefix: str, **gen_kwargs):
         """`predict()` on a split that reports exact match alone (the typed-input families): generated here;
