@@ -10,10 +10,10 @@ fi
 PY="$VENV/bin/python"
 # torch: the CPU build, and only where none is installed (a plain `torch` requirement would pull a multi-GB CUDA build,
 # and a GPU user's existing torch must be kept). Where the CPU wheel lies on disk (this project's machines), it is
-# installed by path.
+# installed by path, the newest where there are several.
 TORCH_WHEEL=""
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    TORCH_WHEEL="$(ls /opt/wheels/torch-*cpu*.whl 2>/dev/null | head -n 1 || true)"
+    TORCH_WHEEL="$(ls /opt/wheels/torch-*cpu*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
     NEEDS_TORCH=1
 else
     NEEDS_TORCH=0
