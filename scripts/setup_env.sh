@@ -11,12 +11,13 @@ PY="$VENV/bin/python"
 # torch: the CPU build, and only where none is installed (a plain `torch` requirement would pull a multi-GB CUDA build,
 # and a GPU user's existing torch must be kept). Where the CPU wheel lies on disk (this project's machines), it is
 # installed by path, the newest where there are several.
+has_torch() { "$PY" -c "import torch" >/dev/null 2>&1; }
+CPU_INDEX=https://download.pytorch.org/whl/cpu  # PyTorch's index of CPU builds, where no wheel lies on disk
+NEEDS_TORCH=0
 TORCH_WHEEL=""
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    TORCH_WHEEL="$(ls /opt/wheels/torch-*cpu*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
+if ! has_torch; then
     NEEDS_TORCH=1
-else
-    NEEDS_TORCH=0
+    TORCH_WHEEL="$(ls /opt/wheels/torch-*cpu*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
 fi
 # uv installs torch and this package with its extras in one resolution, in seconds where pip takes longer (here 3.4 s
 # against 5.3 s for torch's wheel alone and 27 s for the rest, most of pip's in resolving). pip does it all where uv
@@ -24,16 +25,16 @@ fi
 install_with_uv() {
     "$PY" -m pip install --quiet uv || return 1
     if [ "$NEEDS_TORCH" = 1 ] && [ -z "$TORCH_WHEEL" ]; then
-        "$PY" -m uv pip install --quiet --python "$PY" torch --index-url https://download.pytorch.org/whl/cpu || return 1
+        "$PY" -m uv pip install --quiet --python "$PY" torch --index-url "$CPU_INDEX" || return 1
     fi
     "$PY" -m uv pip install --quiet --python "$PY" ${TORCH_WHEEL:+"$TORCH_WHEEL"} -e "$ROOT[dev]"
 }
 install_with_pip() {
-    if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    if ! has_torch; then  # asked again: uv may have installed it before it failed
         if [ -n "$TORCH_WHEEL" ]; then
             "$PY" -m pip install --quiet --no-compile "$TORCH_WHEEL"
         else
-            "$PY" -m pip install --quiet --no-compile torch --index-url https://download.pytorch.org/whl/cpu
+            "$PY" -m pip install --quiet --no-compile torch --index-url "$CPU_INDEX"
         fi
     fi
     "$PY" -m pip install --quiet --no-compile -e "$ROOT[dev]"
