@@ -255,12 +255,17 @@ def test_grouping_by_length_keeps_each_windows_examples_and_gives_each_batch_abo
     for start in range(40 * 32, len(ungrouped), window):
         # The same examples within each window of 16 batches (160 steps: ten windows), only regrouped.
         assert sorted(grouped[start : start + window]) == sorted(ungrouped[start : start + window])
-    batches = [[lengths[index] for index in grouped[step * 32 : (step + 1) * 32]] for step in range(40, 200)]
-    padded = sum(32 * max(batch) for batch in batches)
+
+    def batch_lengths(order: list[int]) -> list[list[int]]:  # the source lengths of each batch after the curriculum
+        return [[lengths[index] for index in order[step * 32 : (step + 1) * 32]] for step in range(40, 200)]
+
+    def padded(order: list[int]) -> int:  # the tokens of those batches, each padded to its longest
+        return sum(32 * max(batch) for batch in batch_lengths(order))
+
+    batches = batch_lengths(grouped)
     tokens = sum(sum(batch) for batch in batches)
-    assert padded < 1.15 * tokens  # each batch of about one length: little padding
-    ungrouped_batches = [[lengths[i] for i in ungrouped[step * 32 : (step + 1) * 32]] for step in range(40, 200)]
-    assert sum(32 * max(batch) for batch in ungrouped_batches) > 1.7 * tokens  # random lengths pad to about 50
+    assert padded(grouped) < 1.15 * tokens  # each batch of about one length: little padding
+    assert padded(ungrouped) > 1.7 * tokens  # random lengths pad to about 50
     # Batches are read in a random order, not from the shortest up within each window.
     firsts = [max(batches[index]) for index in range(0, 16)]
     assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
