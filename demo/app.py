@@ -10,6 +10,7 @@ variable TINY_TRANSFORMER_MODEL. The page's logic is `hf_tiny_transformer_train.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 from typing import TYPE_CHECKING
@@ -95,4 +96,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

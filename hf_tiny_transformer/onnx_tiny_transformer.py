@@ -32,6 +32,7 @@ This module needs the `onnx` extra (onnx, onnxruntime, onnxscript) and is not im
 """
 
 import argparse
+import gc
 import warnings
 from pathlib import Path
 
@@ -460,4 +461,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

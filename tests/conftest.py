@@ -17,6 +17,7 @@ process the tests start (it sets `OMP_NUM_THREADS`, which torch and torchrun rea
 pytest-xdist worker runs one thread, a plain `pytest -n 0` torch's default, and child processes one thread.
 """
 
+import gc
 import importlib
 import json
 import os
@@ -95,6 +96,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Runs the modules of LONGEST_MODULES_FIRST first, in its order; the others keep their order, after them."""
     rank = {name: position for position, name in enumerate(LONGEST_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: a module's tests keep theirs
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every test module is imported now, and with them torch, transformers, datasets, peft and the others: their
+    objects live as long as this process, so `gc.freeze()` takes them out of the cyclic collector's sight, as
+    train.py's `__main__` does. Its full collections while the tests run, and the last at exit, no longer walk them
+    (tests/test_modeling.py and test_generation.py in one process: 15.7 s -> 13.0 s)."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")

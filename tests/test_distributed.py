@@ -49,11 +49,12 @@ SHORT_RUN = [
 
 # Runs train.py's main as `python train/train.py` would, then reports what the Trainer did.
 PROBE = """
-import json, sys
+import gc, json, sys
 import torch
 from safetensors import safe_open
 from hf_tiny_transformer_train import train
 
+gc.freeze()  # as train.py's __main__ does
 trainer = train.main(sys.argv[1:])
 output_dir = trainer.args.output_dir
 # The Trainer (Accelerate) wraps the model's forward in autocast; a layer's output dtype shows what it computed in.
@@ -77,10 +78,11 @@ with open(f"{output_dir}/probe.json", "w") as file:
 
 # Runs train.py's main in each launched process and reports how the Trainer distributed the work.
 LAUNCH_PROBE = """
-import hashlib, json, sys
+import gc, hashlib, json, sys
 import torch
 from hf_tiny_transformer_train import train
 
+gc.freeze()  # as train.py's __main__ does
 trainer = train.main(sys.argv[1:])
 args = trainer.args
 parameters = torch.cat([parameter.detach().flatten() for parameter in trainer.model.parameters()])

@@ -148,4 +148,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()
