@@ -15,6 +15,7 @@ The script prints and writes JSON; it never asserts a target (see bench/README.m
 """
 
 import argparse
+import gc
 import multiprocessing
 import statistics
 from dataclasses import dataclass
@@ -544,4 +545,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

@@ -17,6 +17,7 @@ prints tables and writes JSON; it never asserts.
 """
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -553,4 +554,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

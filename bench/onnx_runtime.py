@@ -19,6 +19,7 @@ bench/README.md, "Noise").
 """
 
 import argparse
+import gc
 import statistics
 import tempfile
 from pathlib import Path
@@ -211,4 +212,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

@@ -15,6 +15,7 @@ sleeping / spinning (above 1: spinning pays).
 """
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -107,4 +108,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

@@ -17,6 +17,7 @@ and the size of the saved weights. The script prints and writes JSON (--output);
 """
 
 import argparse
+import gc
 import statistics
 import tempfile
 from dataclasses import fields
@@ -208,4 +209,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

@@ -21,6 +21,7 @@ The script prints and writes JSON (--output); it never asserts.
 """
 
 import argparse
+import gc
 import tempfile
 import warnings
 from pathlib import Path
@@ -287,4 +288,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()

@@ -17,6 +17,7 @@ medians and their ratio (plain / ours: above 1 means the speed path pays). The p
 """
 
 import argparse
+import gc
 import statistics
 from collections.abc import Callable
 
@@ -155,4 +156,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train/train.py: the imports' objects out of the cyclic collector's sight
     main()
