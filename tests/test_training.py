@@ -57,15 +57,20 @@ def log_history(output_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, environment) -> Path:
-    """One short run shared by the tests that inspect, fine-tune or load its result."""
+def trained_run(tmp_path_factory, environment) -> tuple[Path, str]:
+    """One short run shared by the tests that inspect, fine-tune or load its result: its folder and what it printed."""
     tmp = tmp_path_factory.mktemp("trained")
     output_dir = tmp / "copy-model"
-    run_training(
+    output = run_training(
         tmp, environment(tmp), *TINY, "--output_dir", str(output_dir), "--max_steps", "500", "--eval_steps", "100",
         "--save_steps", "100", "--eval_on_start", "true", "--target_exact_match", "0.95",
     )  # fmt: skip
-    return output_dir
+    return output_dir, output
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run) -> Path:
+    return trained_run[0]
 
 
 # Arguments: parsed in-process, no training.
@@ -288,6 +293,16 @@ def test_short_run_learns(trained):
     assert exact[-1] > 0.9
     test = json.loads((trained / "test_results.json").read_text())
     assert test["test_exact_match"] > 0.9 and test["test_token_accuracy"] > 0.95
+
+
+@pytest.mark.slow
+def test_a_run_prints_none_of_torchaos_import_noise(trained_run):
+    # What torchao logs as transformers' model code first imports it (hf_tiny_transformer's TORCHAO_IMPORT_NOISE):
+    # train.py imports the package, which drops it, before transformers' Trainer.
+    _, output = trained_run
+    assert [
+        line for line in output.splitlines() if ("torchao" in line and "_C_" in line) or "is an Enum subclass" in line
+    ] == []
 
 
 @pytest.mark.slow

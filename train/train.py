@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+# The package before transformers' Trainer: it imports transformers' model code with torchao's import noise dropped
+# (hf_tiny_transformer/__init__.py); the Trainer's import, first, would print that noise at the start of every run.
+import hf_tiny_transformer  # noqa: F401  # isort: skip
 import datasets
 import transformers
 from huggingface_hub import HfApi
