@@ -31,7 +31,7 @@ from typing import NoReturn
 
 # The package before transformers' Trainer: it imports transformers' model code with torchao's import noise dropped
 # (hf_tiny_transformer/__init__.py); the Trainer's import, first, would print that noise at the start of every run.
-import hf_tiny_transformer  # noqa: F401  # isort: skip
+from hf_tiny_transformer import TinyTransformerForConditionalGeneration  # isort: skip
 import datasets
 import transformers
 from huggingface_hub import HfApi
@@ -48,7 +48,6 @@ from transformers import (
     set_seed,
 )
 
-from hf_tiny_transformer import TinyTransformerForConditionalGeneration
 from hf_tiny_transformer_train.arguments import (
     DataArguments,
     DataSourceArguments,
